@@ -1,0 +1,1 @@
+"""Benchmarks: scripts with a printed table and a JSON file (see bench/README.md)."""

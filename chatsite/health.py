@@ -1,0 +1,75 @@
+"""GET /healthz: is every part this process depends on reachable?"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+CHECK_TIMEOUT = 3.0
+
+
+def _check_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+
+async def _check_channel_layer() -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        raise RuntimeError("no channel layer configured")
+    channel = await layer.new_channel()
+    await layer.send(channel, {"type": "healthz.ping"})
+    message = await layer.receive(channel)
+    if message.get("type") != "healthz.ping":
+        raise RuntimeError("channel layer returned another message")
+
+
+def _check_broker() -> None:
+    from chatsite.celery import app
+
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=CHECK_TIMEOUT)
+
+
+async def _timed(check: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        if asyncio.iscoroutinefunction(check):
+            await asyncio.wait_for(check(), CHECK_TIMEOUT)
+        else:
+            await asyncio.wait_for(sync_to_async(check, thread_sensitive=False)(), CHECK_TIMEOUT)
+    except Exception as exc:  # a health check reports every failure instead of raising
+        return {"ok": False, "error": type(exc).__name__}
+    return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}
+
+
+@never_cache
+@require_GET
+async def healthz(request: HttpRequest) -> JsonResponse:
+    checks: dict[str, Any] = {
+        "database": await _timed(_check_database_closing),
+        "channel_layer": await _timed(_check_channel_layer),
+    }
+    if settings.REDIS_URL:
+        checks["broker"] = await _timed(_check_broker)
+    healthy = all(check["ok"] for check in checks.values())
+    body = {"status": "ok" if healthy else "unavailable", "checks": checks}
+    return JsonResponse(body, status=200 if healthy else 503)
+
+
+def _check_database_closing() -> None:
+    # Runs on a worker thread outside the request cycle: close the connection afterwards.
+    try:
+        _check_database()
+    finally:
+        connection.close()

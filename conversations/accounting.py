@@ -1,0 +1,154 @@
+"""Usage, budgets and rate limits: one ledger (UsageRecord) for every path, web and API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Q, Sum
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from conversations.models import Budget, UsageRecord
+from providers.models import ModelConfig
+
+
+class LimitExceeded(Exception):
+    """A limit stops this request; the message says which and when it resets."""
+
+    def __init__(self, code: str, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+        self.status = 429 if code != "prompt_too_large" else 400
+
+
+@dataclass
+class Period:
+    start: datetime
+    end: datetime
+
+
+def period_bounds(period: str, now: datetime | None = None) -> Period:
+    local = timezone.localtime(now or timezone.now())
+    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == Budget.Period.MONTH:
+        start = start.replace(day=1)
+        end = (start + timedelta(days=32)).replace(day=1)
+    else:
+        end = start + timedelta(days=1)
+    return Period(start, end)
+
+
+def _in_words(moment: datetime, now: datetime) -> str:
+    seconds = max(0, int((moment - now).total_seconds()))
+    if seconds < 90:
+        span = _("%(n)s s") % {"n": seconds}
+    elif seconds < 5400:
+        span = _("%(n)s min") % {"n": round(seconds / 60)}
+    elif seconds < 2 * 86400:
+        span = _("%(n)s h") % {"n": round(seconds / 3600)}
+    else:
+        span = _("%(n)s days") % {"n": round(seconds / 86400)}
+    local = timezone.localtime(moment)
+    return _("%(at)s (in %(span)s)") % {"at": local.strftime("%Y-%m-%d %H:%M %Z"), "span": span}
+
+
+def _usage(records: Any) -> tuple[int, Decimal]:
+    totals = records.aggregate(p=Sum("prompt_tokens"), c=Sum("completion_tokens"),
+                               cost=Sum("cost"))
+    return (totals["p"] or 0) + (totals["c"] or 0), totals["cost"] or Decimal(0)
+
+
+def _check_budget(budget: Budget, records: Any, who: str, now: datetime) -> str | None:
+    """Raise when the budget is used up; return a warning text when close to it."""
+    bounds = period_bounds(budget.period, now)
+    tokens, cost = _usage(records.filter(started_at__gte=bounds.start,
+                                         started_at__lt=bounds.end))
+    period = budget.get_period_display()
+    resets = _in_words(bounds.end, now)
+    checks = []
+    if budget.max_tokens is not None:
+        checks.append((Decimal(tokens), Decimal(budget.max_tokens),
+                       _("%(n)s tokens") % {"n": f"{budget.max_tokens:,}"}))
+    if budget.max_cost is not None:
+        checks.append((cost, budget.max_cost, f"{budget.max_cost:.2f}"))
+    warning = None
+    for used, limit, label in checks:
+        if used >= limit:
+            raise LimitExceeded(
+                "budget_exceeded",
+                _("%(who)s budget of %(limit)s %(period)s is used up; it resets at "
+                  "%(resets)s.") % {"who": who, "limit": label, "period": period,
+                                    "resets": resets},
+                retry_after=int((bounds.end - now).total_seconds()))
+        if limit and used * 100 >= limit * budget.warn_percent:
+            warning = _("%(who)s budget %(period)s is %(pct)s%% used (%(limit)s); it resets at "
+                        "%(resets)s.") % {"who": who, "period": period,
+                                          "pct": int(used * 100 / limit), "limit": label,
+                                          "resets": resets}
+    return warning
+
+
+def check_limits(user: Any, *, team_id: int | None = None, prompt_chars: int = 0,
+                 now: datetime | None = None) -> list[str]:
+    """Refuse a new answer that would break a limit (LimitExceeded); return warnings."""
+    now = now or timezone.now()
+    if prompt_chars > settings.MAX_PROMPT_CHARS:
+        raise LimitExceeded("prompt_too_large", _(
+            "This prompt has %(n)s characters; the limit is %(limit)s.") % {
+            "n": f"{prompt_chars:,}", "limit": f"{settings.MAX_PROMPT_CHARS:,}"})
+    mine = UsageRecord.objects.filter(user=user)
+    minute_ago = now - timedelta(seconds=60)
+    recent = list(mine.filter(started_at__gte=minute_ago).order_by("started_at")
+                  .values_list("started_at", flat=True)[: settings.RATE_LIMIT_PER_MINUTE])
+    if len(recent) >= settings.RATE_LIMIT_PER_MINUTE:
+        resets = recent[0] + timedelta(seconds=60)
+        raise LimitExceeded("rate_limited", _(
+            "You sent %(n)s messages in the last minute, the most allowed; you can send again "
+            "at %(resets)s.") % {"n": settings.RATE_LIMIT_PER_MINUTE,
+                                  "resets": _in_words(resets, now)},
+            retry_after=max(1, int((resets - now).total_seconds())))
+    stale = now - timedelta(seconds=settings.GENERATION_STALE_SECONDS * 4)
+    # An answer of the web page counts while its message is active; an API answer while
+    # its record is open (recent ones only: a crashed process never holds a slot for long).
+    running = mine.filter(started_at__gte=stale).filter(
+        Q(message__isnull=True, finished_at__isnull=True)
+        | Q(message__status__in=["queued", "streaming"])).count()
+    if running >= settings.MAX_CONCURRENT_ANSWERS:
+        raise LimitExceeded("too_many_answers", _(
+            "You already have %(n)s answers being written, the most allowed at once. Wait for "
+            "one to finish or stop it.") % {"n": running}, retry_after=5)
+    warnings = []
+    for budget in Budget.objects.filter(enabled=True).filter(
+            Q(user=user) | Q(team_id=team_id) if team_id else Q(user=user)):
+        if budget.user_id:
+            warning = _check_budget(budget, mine, _("Your"), now)
+        else:
+            warning = _check_budget(budget, UsageRecord.objects.filter(team_id=budget.team_id),
+                                    _("The team's"), now)
+        if warning:
+            warnings.append(warning)
+    return warnings
+
+
+def record_start(user: Any, model: ModelConfig, *, team_id: int | None = None,
+                 message: Any = None, source: str = UsageRecord.Source.WEB) -> UsageRecord:
+    return UsageRecord.objects.create(user=user, model=model, team_id=team_id, message=message,
+                                      source=source, currency=model.currency)
+
+
+def record_finish(record: UsageRecord | int, *, status: str, model: ModelConfig,
+                  prompt_tokens: int | None, completion_tokens: int | None,
+                  request_id: str = "", ttft_ms: int | None = None,
+                  duration_ms: int | None = None) -> None:
+    pk = record.pk if isinstance(record, UsageRecord) else record
+    UsageRecord.objects.filter(pk=pk).update(
+        finished_at=timezone.now(), status=status, prompt_tokens=prompt_tokens or 0,
+        completion_tokens=completion_tokens or 0,
+        cost=model.cost(prompt_tokens, completion_tokens), request_id=request_id[:120],
+        ttft_ms=ttft_ms, duration_ms=duration_ms)

@@ -1,0 +1,310 @@
+"""Websocket consumers: thin — authenticate, authorise, subscribe, relay.
+
+The wire protocol is documented in docs/protocol.md. Hot frames (deltas and rendered blocks)
+are compact JSON arrays; everything else is a JSON object with a "type".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from conversations import events
+from conversations.access import Access, aconversation_access
+from conversations.models import ACTIVE_STATUSES, Message
+
+# Close codes (documented in docs/protocol.md).
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_TOO_SLOW = 4408
+MAX_FRAME_BYTES = 64 * 1024
+ACCESS_RECHECK_SECONDS = 15.0
+# Unacknowledged bytes: past the soft cap live text is held back (the client resyncs when it
+# catches up); past the hard cap the socket is closed. Memory per socket stays bounded (F15).
+SOFT_LAG_BYTES = 256 * 1024
+HARD_LAG_BYTES = 4 * 1024 * 1024
+
+
+_RELAY_ONLY = frozenset({events.DELTA, events.BLOCKS})
+
+
+def decode_frame(text_data: str | None) -> dict[str, Any] | None:
+    """A client frame as a dict, or None when it is not a JSON object of sane size."""
+    if text_data is None or len(text_data) > MAX_FRAME_BYTES:
+        return None
+    try:
+        content = json.loads(text_data)
+    except ValueError:
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def _dumps(payload: Any) -> str:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+class PingConsumer(AsyncWebsocketConsumer):
+    """A connectivity check for signed-in users: answers every frame with a pong."""
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated or not user.is_active:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        await self.accept()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        frame = decode_frame(text_data)
+        if frame is None:
+            await self.send(json.dumps({"type": "error", "code": "bad_frame",
+                                        "message": "Frames must be JSON objects."}))
+            return
+        await self.send(json.dumps({"type": "pong", "ref": frame.get("ref")}))
+
+
+class ConversationConsumer(AsyncWebsocketConsumer):
+    """Live view of one conversation: /ws/c/<uuid>/."""
+
+    groups: list[str] = []
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels closes stale database connections before every event, which costs a hop to
+        # the one sync thread per frame. Relayed stream events touch no database: skip it.
+        if message.get("type") in _RELAY_ONLY:
+            handler = getattr(self, message["type"].replace(".", "_"))
+            await handler(message)
+            return
+        await super().dispatch(message)
+
+    async def connect(self) -> None:
+        self.user = self.scope.get("user")
+        self.joined: list[str] = []
+        if self.user is None or not self.user.is_authenticated or not self.user.is_active:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
+        self.access = await aconversation_access(self.user, self.conversation_id)
+        if self.access < Access.READ:
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        self.checked_at = time.monotonic()
+        self.sent_bytes = 0
+        self.acked_bytes = 0
+        self.held: set[int] = set()  # seqs whose live text was held back for a slow client
+        for group in (events.conversation_group(self.conversation_id),
+                      events.user_group(self.user.pk)):
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.joined.append(group)
+        await self.accept()
+        active = await _active_messages(self.conversation_id)
+        await self._send({"type": "hello", "conversation": str(self.conversation_id),
+                          "access": self.access.name.lower(), "active": active})
+        for item in active:
+            await self._ask_snapshot(item["id"])
+
+    async def disconnect(self, code: int) -> None:
+        for group in getattr(self, "joined", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    # --- frames from the browser ------------------------------------------------------------
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        frame = decode_frame(text_data)
+        if frame is None:
+            await self._send({"type": "error", "code": "bad_frame",
+                              "message": "Frames must be JSON objects of at most 64 KB."})
+            return
+        kind = frame.get("type")
+        if kind == "ack":
+            await self._on_ack(frame.get("bytes"))
+        elif kind == "resync":
+            await self._on_resync(frame.get("seq"))
+        elif kind == "ping":
+            await self._send({"type": "pong", "ref": frame.get("ref")})
+        else:
+            await self._send({"type": "error", "code": "unknown_type",
+                              "message": "Unknown frame type."})
+
+    async def _on_ack(self, value: Any) -> None:
+        if isinstance(value, int) and self.acked_bytes <= value <= self.sent_bytes:
+            self.acked_bytes = value
+        if self.held and self.sent_bytes - self.acked_bytes < SOFT_LAG_BYTES // 2:
+            held, self.held = self.held, set()
+            for seq in held:
+                message_id = await _message_id_for_seq(self.conversation_id, seq)
+                if message_id:
+                    await self._ask_snapshot(message_id)
+
+    async def _on_resync(self, seq: Any) -> None:
+        if not isinstance(seq, int):
+            return
+        message_id = await _message_id_for_seq(self.conversation_id, seq)
+        if message_id is None:
+            await self._send({"type": "error", "code": "not_found",
+                              "message": "No such message."})
+            return
+        await self._ask_snapshot(message_id)
+
+    async def _ask_snapshot(self, message_id: str) -> None:
+        await self.channel_layer.group_send(events.generation_group(message_id), {
+            "type": events.RESYNC, "reply_to": self.channel_name})
+
+    # --- events from the channel layer --------------------------------------------------------
+    async def msg_delta(self, event: dict[str, Any]) -> None:
+        if await self._may_relay(event["seq"]):
+            await self._send(["d", event["seq"], event["offset"], event["text"]])
+
+    async def msg_blocks(self, event: dict[str, Any]) -> None:
+        if await self._may_relay(event["seq"]):
+            await self._send(["b", event["seq"], event["upto"], event["html"]])
+
+    async def msg_snapshot(self, event: dict[str, Any]) -> None:
+        if await self._still_allowed():
+            await self._send({"type": "snapshot", "seq": event["seq"], "text": event["text"],
+                              "upto": event.get("upto", 0), "html": event.get("html", "")})
+
+    async def msg_state(self, event: dict[str, Any]) -> None:
+        if await self._still_allowed():
+            self.held.discard(event["seq"])
+            await self._send({"type": "state", **{k: v for k, v in event.items()
+                                                   if k != "type"}})
+
+    async def msg_new(self, event: dict[str, Any]) -> None:
+        if await self._still_allowed():
+            await self._send({"type": "new", **{k: v for k, v in event.items() if k != "type"}})
+
+    async def conv_changed(self, event: dict[str, Any]) -> None:
+        if await self._still_allowed():
+            await self._send({"type": "conversation", **{k: v for k, v in event.items()
+                                                          if k != "type"}})
+
+    async def access_revoked(self, event: dict[str, Any]) -> None:
+        conversation = event.get("conversation")
+        if conversation and conversation != str(self.conversation_id):
+            return
+        if event.get("reason") == "deleted" or not await self._still_allowed(force=True):
+            await self._send({"type": "revoked", "reason": event.get("reason", "access")})
+            await self.close(code=CLOSE_FORBIDDEN)
+
+    # --- helpers --------------------------------------------------------------------------
+    async def _may_relay(self, seq: int) -> bool:
+        if not await self._still_allowed():
+            return False
+        lag = self.sent_bytes - self.acked_bytes
+        if lag > HARD_LAG_BYTES:
+            await self.close(code=CLOSE_TOO_SLOW)
+            return False
+        if lag > SOFT_LAG_BYTES or seq in self.held:
+            self.held.add(seq)
+            return False
+        return True
+
+    async def _still_allowed(self, force: bool = False) -> bool:
+        """Re-check access now and then (T18): a removed member stops receiving."""
+        if self.access is Access.NONE:
+            return False
+        now = time.monotonic()
+        if force or now - self.checked_at > ACCESS_RECHECK_SECONDS:
+            self.checked_at = now
+            user = await _fresh_user(self.user.pk)
+            self.access = (Access.NONE if user is None else
+                           await aconversation_access(user, self.conversation_id))
+            if self.access is Access.NONE:
+                await self._send({"type": "revoked", "reason": "access"})
+                await self.close(code=CLOSE_FORBIDDEN)
+                return False
+        return True
+
+    async def _send(self, payload: Any) -> None:
+        text = _dumps(payload)
+        self.sent_bytes += len(text.encode())
+        await self.send(text_data=text)
+
+
+@database_sync_to_async
+def _active_messages(conversation_id: Any) -> list[dict[str, Any]]:
+    rows = Message.objects.filter(conversation_id=conversation_id,
+                                  status__in=ACTIVE_STATUSES).order_by("seq")
+    return [{"id": str(m.pk), "seq": m.seq, "status": m.status, "text": m.content}
+            for m in rows]
+
+
+@database_sync_to_async
+def _message_id_for_seq(conversation_id: Any, seq: int) -> str | None:
+    pk = Message.objects.filter(conversation_id=conversation_id, seq=seq).values_list(
+        "pk", flat=True).first()
+    return str(pk) if pk else None
+
+
+@database_sync_to_async
+def _fresh_user(user_id: Any) -> Any:
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.filter(pk=user_id, is_active=True).first()
+
+
+
+class ShareConsumer(ConversationConsumer):
+    """A share link's viewers: /ws/s/<token>/. Read-only; closed the moment it is revoked.
+
+    Live links relay the conversation like the owner's page; snapshot links only listen for
+    revocation.
+    """
+
+    async def connect(self) -> None:
+        from conversations import sharing
+
+        self.user = self.scope.get("user")
+        self.joined = []
+        self.token = self.scope["url_route"]["kwargs"]["token"]
+        share = await database_sync_to_async(sharing.get_valid_share)(self.token)
+        if share is None:
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        if not sharing.share_readable_by(share, self.user):
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.share_live = share.live
+        self.conversation_id = share.conversation_id
+        self.access = Access.READ
+        self.checked_at = time.monotonic()
+        self.sent_bytes = self.acked_bytes = 0
+        self.held = set()
+        groups = [sharing.share_group(self.token)]
+        if share.live:
+            groups.append(events.conversation_group(self.conversation_id))
+        for group in groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.joined.append(group)
+        await self.accept()
+        active = await _active_messages(self.conversation_id) if share.live else []
+        await self._send({"type": "hello", "conversation": None, "access": "read",
+                          "active": active})
+        for item in active:
+            await self._ask_snapshot(item["id"])
+
+    async def _on_resync(self, seq: Any) -> None:
+        if self.share_live:
+            await super()._on_resync(seq)
+
+    async def access_revoked(self, event: dict[str, Any]) -> None:
+        if event.get("reason") in {"revoked", "deleted"} or not await self._still_allowed(
+                force=True):
+            await self._send({"type": "revoked", "reason": event.get("reason", "revoked")})
+            await self.close(code=CLOSE_FORBIDDEN)
+
+    async def _still_allowed(self, force: bool = False) -> bool:
+        from conversations import sharing
+
+        now = time.monotonic()
+        if force or now - self.checked_at > ACCESS_RECHECK_SECONDS:
+            self.checked_at = now
+            share = await database_sync_to_async(sharing.get_valid_share)(self.token)
+            if share is None:
+                await self._send({"type": "revoked", "reason": "revoked"})
+                await self.close(code=CLOSE_FORBIDDEN)
+                return False
+        return True

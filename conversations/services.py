@@ -1,0 +1,275 @@
+"""Writes: every change to conversations goes through these functions.
+
+They validate, write in one transaction, and leave side effects (starting a generation,
+broadcasting) to run after commit. Permission checks happen before, in access.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils.translation import gettext as _
+
+from conversations import accounting, events
+from conversations.attachments import attach
+from conversations.models import ACTIVE_STATUSES, Conversation, Message, MessageStatus
+from conversations.selectors import latest_leaf_under
+from providers.base import ProviderError
+from providers.models import ModelConfig
+from providers.params import validate_params
+
+
+class ServiceError(Exception):
+    """A refusal with a user-facing message; nothing was changed."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+def _check_model(user: Any, model: ModelConfig | None) -> ModelConfig:
+    if model is None or not ModelConfig.objects.visible_to(user).filter(pk=model.pk).exists():
+        raise ServiceError("model_unavailable",
+                           _("This model is not available. Pick another one."), 400)
+    return model
+
+
+def clean_params(model: ModelConfig, params: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return validate_params(model.model_id, params)
+    except ProviderError as exc:
+        raise ServiceError("bad_parameter", exc.message) from None
+
+
+def auto_title(text: str) -> str:
+    words = " ".join(text.split())
+    if len(words) <= 60:
+        return words
+    return words[:60].rsplit(" ", 1)[0] + "…"
+
+
+def conversation_create(user: Any, *, model: ModelConfig | None, system_prompt: str = "",
+                        params: dict[str, Any] | None = None, title: str = "") -> Conversation:
+    model = _check_model(user, model)
+    return Conversation.objects.create(
+        owner=user, model=model, system_prompt=system_prompt.strip()[:20_000],
+        params=clean_params(model, params or {}), title=title.strip()[:200],
+        title_is_auto=not title.strip(),
+    )
+
+
+@dataclass
+class PostResult:
+    user_message: Message
+    assistant_message: Message
+    created: bool
+    warnings: list[str] = field(default_factory=list)  # e.g. a budget nearly used up
+
+
+def _validate_text(text: str) -> str:
+    text = text.strip()
+    if not text:
+        raise ServiceError("empty", _("Write a message first."))
+    return text
+
+
+def _check_limits(user: Any, conversation: Conversation, prompt_chars: int) -> list[str]:
+    """Budgets, rate and concurrency limits and prompt size: the same rules as the API."""
+    try:
+        return accounting.check_limits(user, team_id=conversation.team_id,
+                                       prompt_chars=prompt_chars)
+    except accounting.LimitExceeded as exc:
+        raise ServiceError(exc.code, exc.message, exc.status) from None
+
+
+def _next_seq(conversation: Conversation, count: int) -> int:
+    Conversation.objects.filter(pk=conversation.pk).update(next_seq=F("next_seq") + count)
+    conversation.refresh_from_db(fields=["next_seq"])
+    return conversation.next_seq - count
+
+
+def _existing_pair(conversation: Conversation, client_id: uuid.UUID) -> PostResult | None:
+    user_message = Message.objects.filter(conversation=conversation, client_id=client_id).first()
+    if user_message is None:
+        return None
+    assistant = user_message.children.order_by("seq").first()
+    if assistant is None:
+        return None
+    return PostResult(user_message, assistant, created=False)
+
+
+def message_post(user: Any, conversation: Conversation, *, text: str, client_id: uuid.UUID,
+                 edit_of: Message | None = None,
+                 attachment_ids: list[uuid.UUID] | None = None) -> PostResult:
+    """Store a user message and a queued answer. A repeated client_id returns the first pair.
+
+    `edit_of` is an earlier user message being edited: the new one becomes its sibling (a
+    new branch); nothing is deleted.
+    """
+    existing = _existing_pair(conversation, client_id)
+    if existing:
+        return existing
+    text = text.strip() if attachment_ids and not text.strip() else _validate_text(text)
+    model = _check_model(user, conversation.model)
+    warnings = _check_limits(user, conversation, len(text))
+    try:
+        with transaction.atomic():
+            locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+            parent = _parent_for_new_prompt(locked, edit_of)
+            seq = _next_seq(locked, 2)
+            user_message = Message.objects.create(
+                conversation=locked, parent=parent, seq=seq, role=Message.Role.USER,
+                author=user, client_id=client_id, content=text, status=MessageStatus.COMPLETE)
+            attach(user, user_message, attachment_ids or [], model)
+            assistant = Message.objects.create(
+                conversation=locked, parent=user_message, seq=seq + 1,
+                role=Message.Role.ASSISTANT, model=model, status=MessageStatus.QUEUED)
+            accounting.record_start(user, model, team_id=locked.team_id, message=assistant)
+            locked.active_leaf = assistant
+            update = ["active_leaf", "updated_at"]
+            if locked.title_is_auto and not locked.title:
+                locked.title = auto_title(text)
+                update.append("title")
+            locked.save(update_fields=update)
+    except IntegrityError:
+        # Two requests with one client_id raced: the other one won; return its pair.
+        existing = _existing_pair(conversation, client_id)
+        if existing:
+            return existing
+        raise
+    conversation.refresh_from_db()
+    return PostResult(user_message, assistant, created=True, warnings=warnings)
+
+
+def _parent_for_new_prompt(conversation: Conversation, edit_of: Message | None) -> Message | None:
+    if edit_of is not None:
+        if edit_of.conversation_id != conversation.pk or edit_of.role != Message.Role.USER:
+            raise ServiceError("bad_edit", _("Only your own prompts can be edited."))
+        return edit_of.parent
+    leaf = conversation.active_leaf
+    if leaf is not None and leaf.status in ACTIVE_STATUSES:
+        raise ServiceError("busy", _("An answer is still being written. Stop it or wait."),
+                           409)
+    return leaf
+
+
+def regenerate(user: Any, conversation: Conversation, assistant: Message) -> Message:
+    """A new attempt for an answer: a sibling under the same prompt. Nothing is deleted."""
+    if assistant.role != Message.Role.ASSISTANT or assistant.parent_id is None:
+        raise ServiceError("bad_target", _("Only answers can be regenerated."))
+    assistant.refresh_from_db(fields=["status"])
+    if assistant.status in ACTIVE_STATUSES:
+        raise ServiceError("busy", _("This answer is still being written."), 409)
+    model = _check_model(user, conversation.model)
+    _check_limits(user, conversation, 0)
+    with transaction.atomic():
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        busy = Message.objects.filter(conversation=locked, parent_id=assistant.parent_id,
+                                      status__in=ACTIVE_STATUSES).exists()
+        if busy:
+            raise ServiceError("busy", _("Another attempt is still being written."), 409)
+        seq = _next_seq(locked, 1)
+        attempt = Message.objects.create(
+            conversation=locked, parent_id=assistant.parent_id, seq=seq,
+            role=Message.Role.ASSISTANT, model=model, status=MessageStatus.QUEUED)
+        accounting.record_start(user, model, team_id=locked.team_id, message=attempt)
+        locked.active_leaf = attempt
+        locked.save(update_fields=["active_leaf", "updated_at"])
+    return attempt
+
+
+def switch_branch(conversation: Conversation, message: Message) -> Message:
+    leaf_id = latest_leaf_under(conversation, message.id)
+    Conversation.objects.filter(pk=conversation.pk).update(active_leaf_id=leaf_id)
+    conversation.active_leaf_id = leaf_id
+    return Message.objects.get(pk=leaf_id)
+
+
+def generation_stop(message: Message) -> bool:
+    """Ask the runner to stop; returns False when the answer had already ended."""
+    updated = Message.objects.filter(pk=message.pk, status__in=ACTIVE_STATUSES).update(
+        stop_requested=True)
+    if updated:
+        transaction.on_commit(lambda: events.publish_sync(
+            events.generation_group(message.pk), {"type": events.STOP}))
+    return bool(updated)
+
+
+def conversation_update(user: Any, conversation: Conversation, *, title: str | None = None,
+                        pinned: bool | None = None, archived: bool | None = None,
+                        model: ModelConfig | None = None, system_prompt: str | None = None,
+                        params: dict[str, Any] | None = None,
+                        team_id: int | str | None = "unchanged") -> Conversation:
+    fields: list[str] = []
+    if team_id != "unchanged":
+        if team_id is not None and not conversation.owner.groups.filter(pk=team_id).exists():
+            raise ServiceError("bad_team", _("You can only share with a team you belong to."))
+        conversation.team_id = team_id  # type: ignore[assignment]
+        fields.append("team")
+    if title is not None:
+        title = " ".join(title.split())[:200]
+        if not title:
+            raise ServiceError("empty_title", _("A title cannot be empty."))
+        conversation.title, conversation.title_is_auto = title, False
+        fields += ["title", "title_is_auto"]
+    if pinned is not None:
+        conversation.pinned = pinned
+        fields.append("pinned")
+    if archived is not None:
+        conversation.archived = archived
+        fields.append("archived")
+    if model is not None:
+        conversation.model = _check_model(user, model)
+        fields.append("model")
+        if params is None:
+            params = {k: v for k, v in conversation.params.items()
+                      if k in conversation.model.param_specs()}
+    if system_prompt is not None:
+        conversation.system_prompt = system_prompt.strip()[:20_000]
+        fields.append("system_prompt")
+    if params is not None:
+        conversation.params = clean_params(conversation.model, params)
+        fields.append("params")
+    if fields:
+        conversation.save(update_fields=[*fields, "updated_at"])
+        transaction.on_commit(lambda: events.publish_sync(
+            events.conversation_group(conversation.pk),
+            {"type": events.CONVERSATION, "title": conversation.display_title}))
+    return conversation
+
+
+def conversation_delete(conversation: Conversation) -> None:
+    active = list(Message.objects.filter(conversation=conversation, status__in=ACTIVE_STATUSES)
+                  .values_list("pk", flat=True))
+    conversation_id = conversation.pk
+
+    share_tokens = list(conversation.share_links.values_list("token", flat=True))
+
+    def after() -> None:
+        from conversations.sharing import share_group
+
+        for message_id in active:
+            events.publish_sync(events.generation_group(message_id), {"type": events.STOP})
+        for group in [events.conversation_group(conversation_id),
+                      *(share_group(token) for token in share_tokens)]:
+            events.publish_sync(group, {"type": events.REVOKED, "reason": "deleted"})
+
+    conversation.delete()
+    transaction.on_commit(after)
+
+
+def announce_new(conversation: Conversation, user_message: Message | None,
+                 assistant: Message) -> None:
+    """Tell other viewers (tabs, team members) that the thread grew."""
+    event: dict[str, Any] = {"type": events.NEW, "assistant_seq": assistant.seq,
+                             "assistant_id": str(assistant.pk)}
+    if user_message is not None:
+        event.update({"user_seq": user_message.seq, "user_id": str(user_message.pk)})
+    transaction.on_commit(lambda: events.publish_sync(events.conversation_group(conversation.pk),
+                                                      event))

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+from django.utils.safestring import SafeString, mark_safe
+
+from conversations.rendering import (
+    render_markdown,
+    render_plain,
+    render_user_message,
+    split_stable,
+)
+
+register = template.Library()
+
+
+@register.filter
+def markdown(text: str) -> SafeString:
+    """Model output: the one sanitising renderer (never |safe on raw text)."""
+    return mark_safe(render_markdown(text or ""))
+
+
+@register.filter
+def user_markdown(text: str) -> SafeString:
+    return mark_safe(render_user_message(text or ""))
+
+
+@register.filter
+def plain(text: str) -> SafeString:
+    return mark_safe(render_plain(text or ""))
+
+
+@register.simple_tag
+def stream_parts(text: str) -> dict[str, Any]:
+    """For an answer still being written: rendered finished blocks + the raw open tail."""
+    text = text or ""
+    upto = split_stable(text)
+    from conversations.generation import u16_len
+
+    return {"html": mark_safe(render_markdown(text[:upto])),
+            "upto": u16_len(text[:upto]), "tail": text[upto:]}
+
+
+@register.filter
+def get_item(mapping: Any, key: str) -> Any:
+    if isinstance(mapping, dict):
+        value = mapping.get(key)
+        return "" if value is None else value
+    return ""

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from conversations import share_views, views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("c/new/", views.conversation_new, name="conversation_new"),
+    path("uploads/", views.upload_image, name="upload_image"),
+    path("uploads/<uuid:attachment_id>/discard/", views.upload_discard, name="upload_discard"),
+    path("images/<uuid:attachment_id>/", views.image, name="image"),
+    path("i/<str:image_id>", views.signed_image, name="signed_image"),
+    path("c/<uuid:conversation_id>/", views.conversation_detail, name="conversation"),
+    path("c/<uuid:conversation_id>/thread/", views.thread_fragment, name="thread_fragment"),
+    path("c/<uuid:conversation_id>/messages/", views.message_post, name="message_post"),
+    path("c/<uuid:conversation_id>/update/", views.conversation_update,
+         name="conversation_update"),
+    path("c/<uuid:conversation_id>/settings/", views.conversation_settings,
+         name="conversation_settings"),
+    path("c/<uuid:conversation_id>/delete/", views.conversation_delete,
+         name="conversation_delete"),
+    path("c/<uuid:conversation_id>/share/", share_views.share_create, name="share_create"),
+    path("c/<uuid:conversation_id>/share/<int:share_id>/revoke/", share_views.share_revoke,
+         name="share_revoke"),
+    path("c/<uuid:conversation_id>/export/", share_views.export_conversation,
+         name="conversation_export"),
+    path("import/", share_views.import_conversation, name="conversation_import"),
+    path("s/<str:token>/", share_views.share_page, name="share"),
+    path("s/<str:token>/thread/", share_views.share_thread, name="share_thread"),
+    path("s/<str:token>/m/<uuid:message_id>/", share_views.share_message, name="share_message"),
+    path("s/<str:token>/images/<uuid:attachment_id>/", share_views.share_image,
+         name="share_image"),
+    path("c/<uuid:conversation_id>/m/<uuid:message_id>/", views.message_fragment,
+         name="message_fragment"),
+    path("c/<uuid:conversation_id>/m/<uuid:message_id>/regenerate/", views.message_regenerate,
+         name="message_regenerate"),
+    path("c/<uuid:conversation_id>/m/<uuid:message_id>/stop/", views.message_stop,
+         name="message_stop"),
+    path("c/<uuid:conversation_id>/m/<uuid:message_id>/switch/", views.message_switch,
+         name="message_switch"),
+]
+
+# API tokens on the profile page (the API itself is conversations/api_urls.py, at /v1/).
+from conversations import token_views  # noqa: E402
+
+urlpatterns += [
+    path("account/tokens/", token_views.token_list, name="api_tokens"),
+    path("account/tokens/<int:token_id>/revoke/", token_views.token_revoke,
+         name="api_token_revoke"),
+]

@@ -1,0 +1,193 @@
+"""Admin for provider accounts and the model catalogue.
+
+Secrets are write-only here: the form never renders a stored value, only a mask, and an
+empty field keeps what is stored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.decorators import method_decorator
+from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext_lazy as _
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
+
+from providers import crypto, services
+from providers.models import CREDENTIAL_FIELDS, ModelConfig, Provider
+
+CREDENTIAL_PREFIX = "cred_"
+ALL_CREDENTIAL_NAMES = sorted({f.name for fields in CREDENTIAL_FIELDS.values() for f in fields})
+
+
+class ProviderForm(forms.ModelForm):
+    image_transport = forms.ChoiceField(
+        label=_("Image transport"), required=False,
+        choices=[("url", _("Signed URL under SITE_URL (documented)")),
+                 ("data_uri", _("Inline data URI (unconfirmed for this model)"))],
+        help_text=_("How images reach DashScope."),
+    )
+
+    class Meta:
+        model = Provider
+        fields = ["name", "base_url", "enabled"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        provider: Provider = self.instance
+        masks = provider.masked_credentials() if provider.pk else {}
+        for field in provider.credential_fields:
+            current = masks.get(field.name) or _("not set")
+            self.fields[f"cred_{field.name}"] = forms.CharField(
+                label=field.label, required=False, strip=True,
+                widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"})
+                if field.secret else forms.TextInput(attrs={"autocomplete": "off"}),
+                help_text=_("Stored: %(mask)s. Leave empty to keep it.") % {"mask": current},
+                disabled=provider.managed_by_env,
+            )
+        if provider.kind == "dashscope":
+            self.fields["image_transport"].initial = provider.options.get("image_transport", "url")
+        else:
+            del self.fields["image_transport"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        self.instance.base_url = data.get("base_url", self.instance.base_url)
+        return data
+
+    @sensitive_variables("entered", "stored")
+    def save(self, commit: bool = True) -> Provider:
+        provider: Provider = super().save(commit=False)
+        if not provider.managed_by_env:
+            entered = {f.name: self.cleaned_data.get(f"cred_{f.name}", "")
+                       for f in provider.credential_fields}
+            if any(entered.values()):
+                try:
+                    stored = provider.get_credentials()
+                except crypto.CredentialsUnreadable:
+                    stored = {}  # re-entry: only what is typed now will be stored
+                stored.update({k: v for k, v in entered.items() if v})
+                provider.set_credentials(stored)
+        if "image_transport" in self.cleaned_data:
+            provider.options = {**provider.options,
+                                "image_transport": self.cleaned_data["image_transport"] or "url"}
+        if commit:
+            provider.save()
+        return provider
+
+
+@admin.register(Provider)
+class ProviderAdmin(admin.ModelAdmin):
+    form = ProviderForm
+    list_display = ["name", "kind", "enabled", "configured", "managed_by_env", "status_badge",
+                    "last_latency_ms", "last_checked_at"]
+    readonly_fields = ["kind", "credentials_summary", "managed_by_env", "last_status",
+                       "last_error", "last_latency_ms", "last_checked_at", "warnings"]
+    actions = ["test_connection"]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Provider | None = None) -> Any:
+        form_fields = [f"cred_{f.name}" for f in (obj.credential_fields if obj else ())]
+        options = ["image_transport"] if obj and obj.kind == "dashscope" else []
+        return [
+            (None, {"fields": ["kind", "name", "base_url", "enabled", "warnings"]}),
+            (_("Credentials"), {"fields": ["credentials_summary", "managed_by_env", *form_fields]}),
+            *([(_("Options"), {"fields": options})] if options else []),
+            (_("Last check"), {"fields": ["last_status", "last_error", "last_latency_ms",
+                                          "last_checked_at"]}),
+        ]
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False,
+                 **kwargs: Any) -> Any:
+        # The fieldsets name the credential inputs ProviderForm adds per kind in __init__; the
+        # form factory only knows model and declared fields, so it must not be given those.
+        fields = kwargs.get("fields") or ProviderForm.Meta.fields
+        kwargs["fields"] = [name for name in fields if not name.startswith(CREDENTIAL_PREFIX)]
+        return super().get_form(request, obj, change, **kwargs)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # one row per backend, created by the seed migration
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @method_decorator(sensitive_post_parameters(*[f"cred_{n}" for n in ALL_CREDENTIAL_NAMES]))
+    def changeform_view(self, *args: Any, **kwargs: Any) -> Any:
+        return super().changeform_view(*args, **kwargs)
+
+    @admin.display(boolean=True, description=_("configured"))
+    def configured(self, obj: Provider) -> bool:
+        return obj.is_configured
+
+    @admin.display(description=_("status"))
+    def status_badge(self, obj: Provider) -> str:
+        return format_html('<span class="status status-{}">{}</span>', obj.last_status,
+                           obj.get_last_status_display())
+
+    @admin.display(description=_("stored credentials"))
+    def credentials_summary(self, obj: Provider) -> str:
+        masks = obj.masked_credentials()
+        return format_html_join(
+            "", "<div><strong>{}</strong>: <code>{}</code></div>",
+            ((f.label, masks.get(f.name) or _("not set")) for f in obj.credential_fields),
+        )
+
+    @admin.display(description=_("warnings"))
+    def warnings(self, obj: Provider) -> str:
+        notes = [w for w in [obj.site_url_reachable_warning] if w]
+        if not obj.credentials_readable():
+            notes.append(str(_("The stored credentials cannot be decrypted with the current "
+                               "FIELD_ENCRYPTION_KEYS: enter them again.")))
+        return format_html_join("", '<p class="warning">{}</p>', ((n,) for n in notes)) or "-"
+
+    @admin.action(description=_("Test connection"))
+    def test_connection(self, request: HttpRequest, queryset: QuerySet[Provider]) -> None:
+        for provider in queryset:
+            result = services.test_connection(provider)
+            if result.ok:
+                self.message_user(request, _("%(name)s: ok in %(ms)s ms") % {
+                    "name": provider.name, "ms": result.duration_ms}, messages.SUCCESS)
+            else:
+                self.message_user(request, _("%(name)s: %(kind)s — %(message)s") % {
+                    "name": provider.name, "kind": result.kind, "message": result.message},
+                    messages.ERROR)
+            warning = provider.site_url_reachable_warning
+            if warning:
+                self.message_user(request, warning, messages.WARNING)
+
+
+@admin.register(ModelConfig)
+class ModelConfigAdmin(admin.ModelAdmin):
+    list_display = ["display_name", "provider", "model_id", "vision", "requires_image",
+                    "enabled", "price_input_per_mtok", "price_output_per_mtok", "currency"]
+    list_editable = ["enabled"]
+    list_filter = ["provider", "vision", "enabled"]
+    filter_horizontal = ["groups"]
+    # The slug is the stable id conversations and forms refer to (and the seeded ones hold dots,
+    # which SlugField's validator refuses): it is never edited here.
+    readonly_fields = ["slug", "provider", "model_id", "parameter_ranges"]
+    fieldsets = [
+        (None, {"fields": ["display_name", "slug", "provider", "model_id", "enabled",
+                           "sort_order", "groups"]}),
+        (_("Capabilities and limits"), {"fields": [
+            "vision", "requires_image", "context_window", "max_input_chars", "max_images",
+            "max_image_bytes", "max_image_pixels", "max_image_side"]}),
+        (_("Defaults"), {"fields": ["default_params", "parameter_ranges"]}),
+        (_("Prices"), {"fields": ["price_input_per_mtok", "price_output_per_mtok", "currency"]}),
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # the catalogue holds the models our clients speak to
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # disable instead: history keeps referring to the model
+
+    @admin.display(description=_("accepted parameters"))
+    def parameter_ranges(self, obj: ModelConfig) -> str:
+        return format_html_join(
+            "", "<div><code>{}</code> — {} ({})</div>",
+            ((name, spec.label, spec.describe_range()) for name, spec in obj.param_specs().items()),
+        )

@@ -1,0 +1,68 @@
+"""The seed catalogue: the three provider accounts and the four Llama models.
+
+Used by the data migration (with historical models) and by `sync_providers`. Prices are the
+vendors' list prices where docs/providers.md gives them; others start at 0 for the admin to set.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from providers.registry import OFFICIAL_BASE_URLS
+
+# Each account starts on its vendor's first official base URL (the allow-list's own data).
+PROVIDERS: list[dict[str, Any]] = [
+    {"kind": "cloudflare", "name": "Cloudflare Workers AI",
+     "base_url": OFFICIAL_BASE_URLS["cloudflare"][0]},
+    {"kind": "dashscope", "name": "Alibaba DashScope",
+     "base_url": OFFICIAL_BASE_URLS["dashscope"][0], "options": {"image_transport": "url"}},
+    {"kind": "qianfan", "name": "Baidu Qianfan", "base_url": OFFICIAL_BASE_URLS["qianfan"][0]},
+]
+
+# Llama 3.2 Vision works on 560 px tiles, at most 2x2: larger images only cost bytes.
+_VISION_SIDE = 1120
+
+MODELS: list[dict[str, Any]] = [
+    {"slug": "llama-3.2-3b", "provider": "cloudflare", "model_id": "@cf/meta/llama-3.2-3b-instruct",
+     "display_name": "Llama 3.2 3B Instruct", "vision": False, "requires_image": False,
+     "context_window": 128000, "max_input_chars": 131072, "max_images": 0,
+     "default_params": {"max_tokens": 1024}, "price_input_per_mtok": Decimal("0.051"),
+     "price_output_per_mtok": Decimal("0.335"), "currency": "USD", "sort_order": 10},
+    {"slug": "llama-3.2-11b-vision", "provider": "cloudflare",
+     "model_id": "@cf/meta/llama-3.2-11b-vision-instruct",
+     "display_name": "Llama 3.2 11B Vision Instruct", "vision": True, "requires_image": False,
+     "context_window": 128000, "max_input_chars": 131072, "max_images": 1,
+     # The image travels as a JSON int array (3-4 bytes per byte): keep it small.
+     "max_image_bytes": 2 * 1024 * 1024, "max_image_side": _VISION_SIDE,
+     "default_params": {"max_tokens": 1024}, "price_input_per_mtok": Decimal("0.049"),
+     "price_output_per_mtok": Decimal("0.68"), "currency": "USD", "sort_order": 20},
+    {"slug": "llama-3.2-90b-vision", "provider": "dashscope",
+     "model_id": "llama3.2-90b-vision-instruct", "display_name": "Llama 3.2 90B Vision Instruct",
+     "vision": True, "requires_image": True, "context_window": 8192, "max_input_chars": None,
+     "max_images": 1, "max_image_bytes": 10 * 1024 * 1024, "max_image_side": _VISION_SIDE,
+     "default_params": {"max_tokens": 1024}, "price_input_per_mtok": Decimal(0),
+     "price_output_per_mtok": Decimal(0), "currency": "CNY", "sort_order": 30},
+    {"slug": "llama-3-70b", "provider": "qianfan", "model_id": "llama_3_70b",
+     "display_name": "Meta-Llama-3-70B-Instruct", "vision": False, "requires_image": False,
+     "context_window": 8192, "max_input_chars": 4800, "max_images": 0,
+     "default_params": {}, "price_input_per_mtok": Decimal(0),
+     "price_output_per_mtok": Decimal(0), "currency": "CNY", "sort_order": 40},
+]
+
+
+def seed(provider_model: Any, model_config_model: Any) -> None:
+    """Create missing rows; never overwrite what an admin changed."""
+    by_kind = {}
+    for spec in PROVIDERS:
+        row, _created = provider_model.objects.get_or_create(
+            kind=spec["kind"],
+            defaults={"name": spec["name"], "base_url": spec["base_url"],
+                      "options": spec.get("options", {})},
+        )
+        by_kind[spec["kind"]] = row
+    for spec in MODELS:
+        values = {k: v for k, v in spec.items() if k not in {"slug", "provider"}}
+        model_config_model.objects.get_or_create(
+            slug=spec["slug"], defaults={**values, "provider": by_kind[spec["provider"]]}
+        )

@@ -1,0 +1,326 @@
+"""Alibaba DashScope client (native multimodal-generation, docs/providers.md section 2).
+
+* Every user turn must carry an image (the model refuses text-only user turns): a request
+  without one is refused here with BAD_REQUEST before any network call.
+* Images go as `ImagePart.url` (a signed URL our app serves). With
+  `config.options["image_transport"] == "data_uri"` they go as `data:<mime>;base64,...`.
+* `incremental_output` is never sent: this model streams *cumulative* text, turned into deltas
+  by prefix; a chunk that does not extend what was seen is appended as-is (increment mode).
+* Stream events look like `id:1 / event:result / :HTTP_STATUS/200 / data:{...}`; the status
+  comment is read, `finish_reason` is the string "null" (or JSON null) until the end, and there
+  is no `[DONE]`: the end is a non-null finish reason, EOF before it is a truncated answer.
+* Errors arrive as a non-200 JSON body, as a non-200 SSE-framed body labelled JSON, or as
+  HTTP 200 with an `event:error` frame; all three are read the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from providers.base import (
+    ChatRequest,
+    Delta,
+    ErrorKind,
+    Finish,
+    ImagePart,
+    ProviderConfig,
+    ProviderError,
+    StreamItem,
+    Usage,
+)
+from providers.client import StreamingClient, json_object
+from providers.redact import safe_vendor_text
+from providers.retry import (
+    RetryPolicy,
+    TransportErrors,
+    is_event_stream,
+    parse_retry_after,
+    read_body_limited,
+)
+from providers.sse import SSEDecoder, SSEEvent, aiter_events, decode_all
+
+logger = logging.getLogger("providers.dashscope")
+
+NAME = "DashScope"
+PATH = "/services/aigc/multimodal-generation/generation"
+IMAGE_RULE = (
+    "This model needs an image in every user message: attach an image to each of your "
+    "messages, or choose another model."
+)
+
+_KIND_TEXT: dict[ErrorKind, str] = {
+    ErrorKind.QUOTA_EXHAUSTED: "The DashScope quota is used up or the account is in arrears.",
+    ErrorKind.RATE_LIMITED: "DashScope is rate limiting requests.",
+    ErrorKind.AUTH: "DashScope refused the API key or access to the model.",
+    ErrorKind.CONTENT_FILTERED: "DashScope's content moderation stopped this answer.",
+    ErrorKind.BAD_REQUEST: "DashScope rejected the request.",
+    ErrorKind.TIMEOUT: "DashScope timed out.",
+    ErrorKind.UNAVAILABLE: "DashScope failed.",
+}
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    url: str
+    body: dict[str, Any]
+
+
+class DashScopeClient(StreamingClient):
+    kind = "dashscope"
+    name = NAME
+
+    def __init__(self, config: ProviderConfig, *, retry_policy: RetryPolicy | None = None) -> None:
+        api_key = self._credential(config.credentials, "api_key")
+        self._api_key = api_key
+        self._setup(config, retry_policy, [api_key])
+        self._image_transport = str(config.options.get("image_transport", "url"))
+        self._workspace = config.options.get("workspace")
+
+    # ---- request shaping ----------------------------------------------------------------
+
+    def _prepare(self, request: ChatRequest) -> _Prepared:
+        params = self._validated_params(request)
+        if any(m.role == "user" and not m.images for m in request.messages):
+            raise ProviderError(ErrorKind.BAD_REQUEST, IMAGE_RULE, vendor_code="image_required")
+        messages: list[dict[str, Any]] = []
+        if request.system:
+            messages.append({"role": "system", "content": [{"text": request.system}]})
+        for message in request.messages:
+            content: list[dict[str, str]] = []
+            if message.role == "user":
+                content += [{"image": self._image_value(image)} for image in message.images]
+            if message.text or not content:
+                content.append({"text": message.text})
+            messages.append({"role": message.role, "content": content})
+        parameters = {("max_new_tokens" if k == "max_tokens" else k): v for k, v in params.items()}
+        body = {"model": request.model, "input": {"messages": messages}, "parameters": parameters}
+        return _Prepared(url=self._base_url + PATH, body=body)
+
+    def _image_value(self, image: ImagePart) -> str:
+        if self._image_transport == "data_uri":
+            encoded = base64.b64encode(image.data).decode("ascii")
+            return f"data:{image.mime_type};base64,{encoded}"
+        if not image.url:
+            raise ProviderError(
+                ErrorKind.BAD_REQUEST,
+                f"{NAME} needs images by URL, and this image has none.",
+                vendor_code="image_url_missing",
+            )
+        return image.url
+
+    def _headers(self) -> dict[str, str]:
+        headers = {
+            "Authorization": f"Bearer {self._api_key}",
+            "Accept": "text/event-stream",
+            "X-DashScope-SSE": "enable",
+            "X-Accel-Buffering": "no",
+        }
+        if self._workspace:
+            headers["X-DashScope-WorkSpace"] = str(self._workspace)
+        return headers
+
+    # ---- one attempt ----------------------------------------------------------------------
+
+    async def _attempt(self, prepared: _Prepared) -> AsyncGenerator[StreamItem, None]:
+        guard = TransportErrors(NAME, self.config)
+        with guard:
+            async with self._http.stream(
+                "POST", prepared.url, json=prepared.body, headers=self._headers()
+            ) as response:
+                guard.in_body = True
+                if response.status_code == 200 and is_event_stream(response):
+                    async with aclosing(self._read_stream(response)) as items:
+                        async for item in items:
+                            yield item
+                    return
+                body = await read_body_limited(response)
+        for item in self._read_plain(response, body):
+            yield item
+
+    async def _read_stream(self, response: httpx.Response) -> AsyncGenerator[StreamItem, None]:
+        decoder = SSEDecoder(
+            max_event_bytes=self._max_event_bytes, keep_comments=True, provider=NAME
+        )
+        seen = ""
+        request_id = response.headers.get("x-request-id")
+        async for event in aiter_events(response, decoder):
+            payload = json_object(event.data)
+            if _is_error_event(event, payload):
+                raise self._error(_event_status(event) or 200, payload, response.headers)
+            if payload is None:
+                if event.complete and event.data.strip():
+                    raise ProviderError(
+                        ErrorKind.UNAVAILABLE, f"{NAME} sent a malformed stream event."
+                    )
+                continue
+            request_id = str(payload.get("request_id") or request_id or "") or None
+            choice = _first_choice(payload)
+            text = _choice_text(choice)
+            if text is not None:
+                delta, seen = cumulative_delta(seen, text)
+                if delta:
+                    yield Delta(delta)
+            reason = _finish_reason(choice)
+            if reason is not None:
+                yield Finish(reason=reason, usage=_usage(payload), request_id=request_id)
+                return
+        raise ProviderError(
+            ErrorKind.TRUNCATED,
+            f"The answer from {NAME} stopped before it was complete.",
+            request_id=request_id,
+        )
+
+    def _read_plain(self, response: httpx.Response, body: bytes) -> list[StreamItem]:
+        """A non-stream reply: an error (JSON or SSE-framed), or defensively a whole answer."""
+        payload = _payload_from_body(body)
+        if response.status_code != 200 or payload is None or _has_error_code(payload):
+            raise self._error(response.status_code, payload, response.headers)
+        choice = _first_choice(payload)
+        text = _choice_text(choice) or ""
+        request_id = str(payload.get("request_id") or "") or response.headers.get("x-request-id")
+        items: list[StreamItem] = [Delta(text)] if text else []
+        reason = _finish_reason(choice) or "stop"
+        items.append(Finish(reason=reason, usage=_usage(payload), request_id=request_id))
+        return items
+
+    # ---- errors ---------------------------------------------------------------------------
+
+    def _error(
+        self, status: int, payload: Mapping[str, Any] | None, headers: httpx.Headers
+    ) -> ProviderError:
+        payload = payload or {}
+        code = str(payload.get("code") or "") or None
+        vendor_message = str(payload.get("message") or "")
+        kind = _kind(code, str(payload.get("type") or ""), vendor_message, status)
+        request_id = str(payload.get("request_id") or "") or headers.get("x-request-id")
+        detail = safe_vendor_text(vendor_message, [self._api_key])
+        message = _KIND_TEXT[kind]
+        if code or detail:
+            message += f" ({': '.join(p for p in (code, detail) if p)})"
+        retry_after = parse_retry_after(headers.get("retry-after"))
+        return ProviderError(
+            kind,
+            message,
+            vendor_code=code,
+            request_id=request_id,
+            status=status,
+            retry_after=retry_after if kind is ErrorKind.RATE_LIMITED else None,
+        )
+
+
+# ---- helpers ----------------------------------------------------------------------------
+
+
+def _kind(code: str | None, type_: str, message: str, status: int) -> ErrorKind:
+    """Classify by vendor code first, HTTP status second (providers.md 2.4)."""
+    code = code or ""
+    lowered = message.lower()
+    if code.startswith("DataInspectionFailed") or "datainspection" in code.lower():
+        return ErrorKind.CONTENT_FILTERED
+    if code == "Arrearage" or type_ == "Arrearage" or "free allocated quota" in lowered:
+        return ErrorKind.QUOTA_EXHAUSTED
+    if code.startswith("Throttling"):
+        return ErrorKind.RATE_LIMITED
+    if code == "InvalidApiKey" or "AccessDenied" in code:
+        return ErrorKind.AUTH
+    if code.startswith(("InvalidParameter", "BadRequest", "InvalidURL", "ModelNotFound")):
+        return ErrorKind.BAD_REQUEST
+    if "InvalidParameter" in code:
+        return ErrorKind.BAD_REQUEST
+    if code.startswith("InternalError"):
+        return ErrorKind.UNAVAILABLE
+    if status in (401, 403):
+        return ErrorKind.AUTH
+    if status == 429:
+        return ErrorKind.RATE_LIMITED
+    if status in (408, 504):
+        return ErrorKind.TIMEOUT
+    if 400 <= status < 500:
+        return ErrorKind.BAD_REQUEST
+    return ErrorKind.UNAVAILABLE
+
+
+def _payload_from_body(body: bytes) -> dict[str, Any] | None:
+    """JSON, or the `data:` of an SSE-framed body mislabelled as JSON."""
+    text = body.decode("utf-8", errors="replace")
+    payload = json_object(text)
+    if payload is not None:
+        return payload
+    for event in decode_all(body):
+        payload = json_object(event.data)
+        if payload is not None:
+            return payload
+    return None
+
+
+def _event_status(event: SSEEvent) -> int | None:
+    for comment in event.comments:
+        name, _, value = comment.partition("/")
+        if name.strip().upper() == "HTTP_STATUS" and value.strip().isdigit():
+            return int(value.strip())
+    return None
+
+
+def _has_error_code(payload: Mapping[str, Any]) -> bool:
+    return bool(payload.get("code")) and "output" not in payload
+
+
+def _is_error_event(event: SSEEvent, payload: Mapping[str, Any] | None) -> bool:
+    status = _event_status(event)
+    return (
+        event.event == "error"
+        or (status is not None and status >= 400)
+        or (payload is not None and _has_error_code(payload))
+    )
+
+
+def _first_choice(payload: Mapping[str, Any]) -> Mapping[str, Any]:
+    output = payload.get("output")
+    choices = output.get("choices") if isinstance(output, dict) else None
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        return choices[0]
+    return {}
+
+
+def _choice_text(choice: Mapping[str, Any]) -> str | None:
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return None
+    texts = [part.get("text") for part in content if isinstance(part, dict)]
+    return "".join(text for text in texts if isinstance(text, str))
+
+
+def cumulative_delta(seen: str, text: str) -> tuple[str, str]:
+    """(new text, everything seen so far): cumulative by prefix, else appended."""
+    if text.startswith(seen):
+        return text[len(seen) :], text
+    return text, seen + text
+
+
+def _finish_reason(choice: Mapping[str, Any]) -> str | None:
+    reason = choice.get("finish_reason")
+    if reason is None or not isinstance(reason, str) or reason.strip().lower() in ("", "null"):
+        return None
+    return reason
+
+
+def _usage(payload: Mapping[str, Any]) -> Usage | None:
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("input_tokens")
+    completion = usage.get("output_tokens")
+    return Usage(
+        prompt_tokens=prompt if isinstance(prompt, int) else None,
+        completion_tokens=completion if isinstance(completion, int) else None,
+    )

@@ -1,0 +1,220 @@
+"""Sampling parameters each model accepts, with the documented ranges (docs/providers.md).
+
+`PARAM_SPECS` drives both the UI (labels, defaults, ranges) and `validate_params`, which every
+client calls before it opens a connection, so a bad value never costs a network round trip.
+
+Our parameter names are the same for every model; a client maps them onto the vendor's wire
+names (DashScope: `max_tokens` -> `max_new_tokens`). A `default` of None means "not sent: the
+vendor's own default applies"; the help text says what that default is when it is known.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from providers.base import ErrorKind, ProviderError
+
+CF_TEXT_MODEL = "@cf/meta/llama-3.2-3b-instruct"
+CF_VISION_MODEL = "@cf/meta/llama-3.2-11b-vision-instruct"
+DASHSCOPE_MODEL = "llama3.2-90b-vision-instruct"
+QIANFAN_MODEL = "llama_3_70b"
+
+# Which client serves which model id (the registry and the lead's catalogue use it).
+MODEL_PROVIDER: dict[str, str] = {
+    CF_TEXT_MODEL: "cloudflare",
+    CF_VISION_MODEL: "cloudflare",
+    DASHSCOPE_MODEL: "dashscope",
+    QIANFAN_MODEL: "qianfan",
+}
+
+MODEL_DISPLAY_NAMES: dict[str, str] = {
+    CF_TEXT_MODEL: "Llama 3.2 3B Instruct",
+    CF_VISION_MODEL: "Llama 3.2 11B Vision Instruct",
+    DASHSCOPE_MODEL: "Llama 3.2 90B Vision Instruct",
+    QIANFAN_MODEL: "Meta-Llama-3-70B-Instruct",
+}
+
+# Cloudflare's own default is 256 tokens, which cuts most answers short; we always send this.
+CLOUDFLARE_DEFAULT_MAX_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: Python type (int, float or list for string lists), inclusive bounds."""
+
+    type: type
+    min: float | None
+    max: float | None
+    default: Any
+    label: str
+    help: str
+    min_exclusive: bool = False  # the lower bound itself is not allowed, e.g. top_p > 0
+    max_exclusive: bool = False
+    max_items: int | None = None  # list parameters (Qianfan `stop`)
+    max_item_length: int | None = None
+
+    def describe_range(self) -> str:
+        if self.type is list:
+            return f"up to {self.max_items} strings of at most {self.max_item_length} characters"
+        low = "" if self.min is None else f"{_fmt(self.min)} {'<' if self.min_exclusive else '≤'} "
+        high = "" if self.max is None else f" {'<' if self.max_exclusive else '≤'} {_fmt(self.max)}"
+        kind = "an integer" if self.type is int else "a number"
+        return f"{kind}, {low}value{high}" if (low or high) else kind
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _cloudflare_specs() -> dict[str, ParamSpec]:
+    penalty_help = "Optional; 0..2 per the model schema."
+    return {
+        "max_tokens": ParamSpec(
+            int, 1, None, CLOUDFLARE_DEFAULT_MAX_TOKENS, "Max tokens",
+            "Longest answer in tokens. Always sent: Cloudflare's own default (256) is too short.",
+        ),
+        "temperature": ParamSpec(
+            float, 0, 5, None, "Temperature", "Randomness, 0..5. Cloudflare's default is 0.6."
+        ),
+        "top_p": ParamSpec(float, 0, 2, None, "Top p", "Nucleus sampling, 0..2 per the schema."),
+        "top_k": ParamSpec(int, 1, 50, None, "Top k", "Sample from the k likeliest tokens, 1..50."),
+        "seed": ParamSpec(
+            int, 1, 9_999_999_999, None, "Seed", "Fixed seed for repeatable answers."
+        ),
+        "repetition_penalty": ParamSpec(float, 0, 2, None, "Repetition penalty", penalty_help),
+        "frequency_penalty": ParamSpec(float, 0, 2, None, "Frequency penalty", penalty_help),
+        "presence_penalty": ParamSpec(float, 0, 2, None, "Presence penalty", penalty_help),
+    }
+
+
+# DashScope documents only the names for this model; the ranges below are the Qwen ones on the
+# same endpoint (UNCONFIRMED for Llama), so they are kept loose.
+_DASHSCOPE_SPECS: dict[str, ParamSpec] = {
+    "max_tokens": ParamSpec(
+        int, 1, 8192, None, "Max tokens",
+        "Sent as max_new_tokens. DashScope's default is 512; the context is 8192 tokens.",
+    ),
+    "temperature": ParamSpec(
+        float, 0, 2, None, "Temperature", "Randomness, 0 ≤ value < 2.", max_exclusive=True
+    ),
+    "top_p": ParamSpec(
+        float, 0, 1, None, "Top p", "Nucleus sampling, 0 < value ≤ 1.", min_exclusive=True
+    ),
+    "top_k": ParamSpec(int, 1, 100, None, "Top k", "Sample from the k likeliest tokens, 1..100."),
+}
+
+# Qianfan: no max_output_tokens for the Llama endpoints (the SDK's optional keys for them do
+# not list it), so there is no max_tokens here.
+_QIANFAN_SPECS: dict[str, ParamSpec] = {
+    "temperature": ParamSpec(
+        float, 0, 1, None, "Temperature",
+        "Randomness. Qianfan requires 0 < value ≤ 1; 0 is sent as 0.01.",
+    ),
+    "top_k": ParamSpec(int, 1, None, None, "Top k", "Sample from the k likeliest tokens."),
+    "top_p": ParamSpec(
+        float, 0, 1, None, "Top p", "Nucleus sampling, 0 < value ≤ 1.", min_exclusive=True
+    ),
+    "penalty_score": ParamSpec(
+        float, 1, 2, None, "Penalty score", "Repetition penalty, 1..2."
+    ),
+    "stop": ParamSpec(
+        list, None, None, None, "Stop sequences",
+        "Up to 4 strings of at most 20 characters each.", max_items=4, max_item_length=20,
+    ),
+}
+
+PARAM_SPECS: dict[str, dict[str, ParamSpec]] = {
+    CF_TEXT_MODEL: _cloudflare_specs(),
+    CF_VISION_MODEL: _cloudflare_specs(),
+    DASHSCOPE_MODEL: _DASHSCOPE_SPECS,
+    QIANFAN_MODEL: _QIANFAN_SPECS,
+}
+
+
+def bad_param(message: str) -> ProviderError:
+    return ProviderError(ErrorKind.BAD_REQUEST, message, vendor_code="invalid_parameter")
+
+
+def specs_for(model_id: str) -> dict[str, ParamSpec]:
+    try:
+        return PARAM_SPECS[model_id]
+    except KeyError:
+        known = ", ".join(sorted(PARAM_SPECS))
+        raise ProviderError(
+            ErrorKind.BAD_REQUEST,
+            f"Unknown model {model_id!r}; known models: {known}.",
+            vendor_code="unknown_model",
+        ) from None
+
+
+def validate_params(model_id: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Typed, range-checked copy of `params`; None values mean "not set" and are dropped.
+
+    Raises ProviderError(BAD_REQUEST) naming the parameter and its allowed range.
+    """
+    specs = specs_for(model_id)
+    cleaned: dict[str, Any] = {}
+    for name, value in params.items():
+        spec = specs.get(name)
+        if spec is None:
+            allowed = ", ".join(sorted(specs)) or "none"
+            raise bad_param(
+                f"Parameter {name!r} is not accepted by {model_id}; allowed: {allowed}."
+            )
+        if value is None:
+            continue
+        cleaned[name] = _check(name, spec, value)
+    return cleaned
+
+
+def _check(name: str, spec: ParamSpec, value: Any) -> Any:
+    if spec.type is list:
+        return _check_strings(name, spec, value)
+    number = _coerce_number(name, spec, value)
+    if not _in_range(spec, number):
+        raise bad_param(f"Parameter {name!r} must be {spec.describe_range()}; got {value!r}.")
+    return number
+
+
+def _coerce_number(name: str, spec: ParamSpec, value: Any) -> int | float:
+    wrong = bad_param(f"Parameter {name!r} must be {spec.describe_range()}; got {value!r}.")
+    if isinstance(value, bool):
+        raise wrong
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise wrong from None
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise wrong
+    if spec.type is int:
+        if not float(value).is_integer():
+            raise wrong
+        return int(value)
+    return float(value)
+
+
+def _in_range(spec: ParamSpec, number: float) -> bool:
+    if spec.min is not None and (
+        number < spec.min or (spec.min_exclusive and number == spec.min)
+    ):
+        return False
+    return not (
+        spec.max is not None and (number > spec.max or (spec.max_exclusive and number == spec.max))
+    )
+
+
+def _check_strings(name: str, spec: ParamSpec, value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    wrong = bad_param(f"Parameter {name!r} must be {spec.describe_range()}.")
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise wrong
+    if spec.max_items is not None and len(value) > spec.max_items:
+        raise wrong
+    if spec.max_item_length is not None and any(len(v) > spec.max_item_length for v in value):
+        raise wrong
+    return [v for v in value if v]

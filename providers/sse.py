@@ -1,0 +1,205 @@
+"""One byte-level Server-Sent Events decoder for all three vendors.
+
+Why byte level: the network splits a stream anywhere, including inside a multi-byte UTF-8
+sequence and between the CR and the LF of a CRLF. Splitting lines on bytes first and decoding
+each *complete* line afterwards makes both problems disappear: line terminators are ASCII, so
+they never occur inside a multi-byte sequence, and a valid UTF-8 stream decodes without a
+single U+FFFD however it was chunked. Invalid byte sequences are replaced, never raised.
+
+Framing follows the WHATWG SSE parsing rules (CRLF, LF and CR all end a line; a blank line
+ends an event; `:` starts a comment; one optional space after the field colon; consecutive
+`data` lines are joined with LF), with three additions the vendors need:
+
+* comments can be kept and attached to the event they precede (DashScope puts the HTTP status
+  of each event in a `:HTTP_STATUS/200` comment);
+* lines with an unknown field can be kept raw (Qianfan can put a bare JSON error object into
+  an event stream);
+* at EOF a partial trailing event is reported with `complete=False` instead of being dropped.
+
+Size cap: an event (all its lines, including the line still being received) may not exceed
+`max_event_bytes`. The check runs *before* the bytes are buffered, so a hostile 5 MB event never
+sits in memory. Exceeding it raises
+``ProviderError(BAD_REQUEST, vendor_code="sse_event_too_large")``: the upstream answer is
+unusable and retrying the same request would most likely produce the same oversized event,
+so the error is deliberately not retryable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+
+from providers.base import ErrorKind, ProviderError
+
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_BOM = "\ufeff"
+
+
+@dataclass(frozen=True)
+class SSEEvent:
+    """One dispatched event.
+
+    `id` is the id set inside this event's own block (not the spec's sticky last-event-id),
+    `comments` and `other_lines` are only filled when the decoder was asked to keep them.
+    `complete` is False only for a partial event flushed at EOF.
+    """
+
+    data: str
+    event: str = "message"
+    id: str | None = None
+    retry: int | None = None
+    comments: tuple[str, ...] = ()
+    other_lines: tuple[str, ...] = ()
+    complete: bool = True
+
+
+class SSEDecoder:
+    """Incremental decoder: `feed()` bytes as they arrive, `close()` at EOF."""
+
+    def __init__(
+        self,
+        *,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        keep_comments: bool = False,
+        keep_other_lines: bool = False,
+        provider: str = "The provider",
+    ) -> None:
+        self._max_event_bytes = max_event_bytes
+        self._keep_comments = keep_comments
+        self._keep_other_lines = keep_other_lines
+        self._provider = provider
+        self._line = bytearray()  # bytes of the line still being received
+        self._skip_lf = False  # the previous chunk ended with CR: a leading LF belongs to it
+        self._first_line = True  # a BOM is only stripped from the very first line
+        self._event_bytes = 0  # bytes of complete lines in the current block
+        self._reset_block()
+
+    def _reset_block(self) -> None:
+        self._data: list[str] = []
+        self._event_type: str | None = None
+        self._id: str | None = None
+        self._retry: int | None = None
+        self._comments: list[str] = []
+        self._other: list[str] = []
+        self._event_bytes = 0
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        """Consume one chunk; return the events it completed (possibly none)."""
+        events: list[SSEEvent] = []
+        pos = 0
+        size = len(chunk)
+        if self._skip_lf and size:
+            self._skip_lf = False
+            if chunk[0] == 0x0A:
+                pos = 1
+        while pos < size:
+            match = _LINE_END.search(chunk, pos)
+            if match is None:
+                self._check_cap(size - pos)
+                self._line += chunk[pos:]
+                break
+            self._check_cap(match.start() - pos)
+            self._line += chunk[pos : match.start()]
+            # A CR at the very end of the chunk may be the first half of a CRLF.
+            if match.group() == b"\r" and match.end() == size:
+                self._skip_lf = True
+            pos = match.end()
+            event = self._finish_line(complete_block=True)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def close(self) -> list[SSEEvent]:
+        """End of stream: report a partial trailing event (complete=False) if there is one."""
+        if self._line:
+            self._finish_line(complete_block=False)
+        self._skip_lf = False
+        event = self._dispatch(complete=False)
+        return [event] if event is not None else []
+
+    def _check_cap(self, incoming: int) -> None:
+        if self._event_bytes + len(self._line) + incoming > self._max_event_bytes:
+            raise ProviderError(
+                ErrorKind.BAD_REQUEST,
+                f"{self._provider} sent a stream event larger than "
+                f"{self._max_event_bytes} bytes; the answer was stopped.",
+                vendor_code="sse_event_too_large",
+            )
+
+    def _finish_line(self, *, complete_block: bool) -> SSEEvent | None:
+        raw = bytes(self._line)
+        self._line.clear()
+        self._event_bytes += len(raw) + 1
+        text = raw.decode("utf-8", errors="replace")
+        if self._first_line:
+            self._first_line = False
+            text = text.removeprefix(_BOM)
+        if text == "":
+            return self._dispatch(complete=complete_block)
+        self._process_field(text)
+        return None
+
+    def _process_field(self, line: str) -> None:
+        if line.startswith(":"):
+            if self._keep_comments:
+                self._comments.append(line[1:].removeprefix(" "))
+            return
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event_type = value
+        elif name == "id":
+            if "\0" not in value:
+                self._id = value
+        elif name == "retry":
+            if value.isascii() and value.isdigit():
+                self._retry = int(value)
+        elif self._keep_other_lines:
+            self._other.append(line)
+
+    def _dispatch(self, *, complete: bool) -> SSEEvent | None:
+        event: SSEEvent | None = None
+        if self._data or self._comments or self._other:
+            event = SSEEvent(
+                data="\n".join(self._data),
+                event=self._event_type or "message",
+                id=self._id,
+                retry=self._retry,
+                comments=tuple(self._comments),
+                other_lines=tuple(self._other),
+                complete=complete,
+            )
+        self._reset_block()
+        return event
+
+
+def decode_all(
+    body: bytes,
+    *,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    keep_comments: bool = False,
+    keep_other_lines: bool = False,
+) -> list[SSEEvent]:
+    """Decode a complete body in one go (error bodies, tests)."""
+    decoder = SSEDecoder(
+        max_event_bytes=max_event_bytes,
+        keep_comments=keep_comments,
+        keep_other_lines=keep_other_lines,
+    )
+    return [*decoder.feed(body), *decoder.close()]
+
+
+async def aiter_events(response: httpx.Response, decoder: SSEDecoder) -> AsyncIterator[SSEEvent]:
+    """Events of a streamed httpx response, including a partial trailing one at EOF."""
+    async for chunk in response.aiter_bytes():
+        for event in decoder.feed(chunk):
+            yield event
+    for event in decoder.close():
+        yield event

@@ -1,0 +1,75 @@
+"""Chat fixtures: an emulator the providers point at, conversations for the personas."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from providers.emulators import Credentials, EmulatorServer
+from providers.models import ModelConfig, Provider
+
+FAST = {"retry_base_delay": 0.005, "retry_max_delay": 0.02, "max_retry_after": 1.0}
+
+
+@pytest.fixture(scope="session")
+def chat_emulator() -> Iterator[EmulatorServer]:
+    server = EmulatorServer(host="127.0.0.1", port=0, credentials=Credentials())
+    server.start()
+    yield server
+    server.stop()
+
+
+def point_providers_at(server: EmulatorServer) -> None:
+    creds = server.credentials
+    values = {
+        "cloudflare": {"account_id": creds.cloudflare_account_id,
+                       "api_token": creds.cloudflare_api_token},
+        "dashscope": {"api_key": creds.dashscope_api_key},
+        "qianfan": {"api_key": creds.qianfan_ak, "secret_key": creds.qianfan_sk},
+    }
+    for provider in Provider.objects.all():
+        provider.base_url = server.base_urls[provider.kind]
+        provider.set_credentials(values[provider.kind])
+        provider.options = {**provider.options, **FAST}
+        provider.save()
+
+
+@pytest.fixture
+def emulated(transactional_db: Any, chat_emulator: EmulatorServer, settings: Any) -> EmulatorServer:
+    """Providers point at the emulator; short timeouts so stall tests stay fast."""
+    chat_emulator.reset()
+    from django.core.cache import cache
+
+    cache.clear()  # Qianfan tokens cached by an earlier test died with the emulator reset
+    seed_catalogue()
+    settings.PROVIDER_READ_TIMEOUT = 1.0
+    settings.PROVIDER_CONNECT_TIMEOUT = 2.0
+    point_providers_at(chat_emulator)
+    return chat_emulator
+
+
+def seed_catalogue() -> None:
+    """Transactional tests flush the database, seed rows included: put them back."""
+    from providers import catalogue
+
+    catalogue.seed(Provider, ModelConfig)
+
+
+def model(slug: str = "llama-3.2-3b") -> ModelConfig:
+    seed_catalogue()
+    return ModelConfig.objects.get(slug=slug)
+
+
+def signed_in(user: Any) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def post_message(client: Client, conversation: Any, text: str, **extra: Any) -> Any:
+    data = {"text": text, "client_id": str(extra.pop("client_id", uuid.uuid4())), **extra}
+    return client.post(f"/c/{conversation.pk}/messages/", data, HTTP_ACCEPT="application/json")

@@ -1,0 +1,198 @@
+from __future__ import annotations
+
+import base64
+from dataclasses import replace
+
+import pytest
+
+from providers.base import ChatRequest, ErrorKind, ImagePart, Message
+from providers.dashscope import IMAGE_RULE, cumulative_delta
+from providers.emulators import EmulatorServer
+from providers.emulators.answer import build_answer
+from providers.emulators.faults import Plan
+from providers.params import DASHSCOPE_MODEL
+from providers.registry import get_client
+
+from .conftest import PNG, ClientFactory, Drain, configs_for, drain
+
+
+def model_calls(emulator: EmulatorServer) -> list:  # type: ignore[type-arg]
+    return [r for r in emulator.requests if r.vendor == "dashscope" and r.endpoint == "model"]
+
+
+@pytest.mark.asyncio
+async def test_it_turns_cumulative_text_into_deltas_with_usage_and_finish(
+    emulator: EmulatorServer, make_client: ClientFactory, run: Drain, image: ImagePart
+) -> None:
+    request = ChatRequest(
+        model=DASHSCOPE_MODEL,
+        system="Describe images.",
+        messages=(
+            Message("user", "What is it?", (image,)),
+            Message("assistant", "A cat."),
+            Message("user", "What colour?", (image,)),
+        ),
+        params={"max_tokens": 300, "temperature": 0.5, "top_p": 0.9, "top_k": 4},
+    )
+    outcome = await run(make_client("dashscope"), request)
+
+    tokens = list(build_answer("What colour?", Plan()).tokens)
+    assert outcome.deltas == tokens  # one event per token, each carrying the whole text so far
+    assert outcome.finish is not None and outcome.finish.reason == "stop"
+    assert outcome.finish.usage is not None
+    assert outcome.finish.usage.completion_tokens == len(tokens)
+    assert outcome.finish.usage.prompt_tokens
+    (call,) = model_calls(emulator)
+    assert outcome.finish.request_id and len(outcome.finish.request_id) == 36  # the uuid
+    assert call.headers["x-dashscope-sse"] == "enable"
+    assert call.headers["authorization"] == f"Bearer {emulator.credentials.dashscope_api_key}"
+    assert call.json == {
+        "model": DASHSCOPE_MODEL,
+        "input": {
+            "messages": [
+                {"role": "system", "content": [{"text": "Describe images."}]},
+                {"role": "user", "content": [{"image": image.url}, {"text": "What is it?"}]},
+                {"role": "assistant", "content": [{"text": "A cat."}]},
+                {"role": "user", "content": [{"image": image.url}, {"text": "What colour?"}]},
+            ]
+        },
+        "parameters": {"max_new_tokens": 300, "temperature": 0.5, "top_p": 0.9, "top_k": 4},
+    }
+    assert call.image_bytes == [len(PNG), len(PNG)]  # the emulator fetched both signed URLs
+
+
+@pytest.mark.asyncio
+async def test_it_never_sends_incremental_output(
+    emulator: EmulatorServer, make_client: ClientFactory, run: Drain, image: ImagePart
+) -> None:
+    request = ChatRequest(model=DASHSCOPE_MODEL, messages=(Message("user", "Hi", (image,)),))
+    await run(make_client("dashscope"), request)
+
+    (call,) = model_calls(emulator)
+    assert "incremental_output" not in call.json.get("parameters", {})
+    assert "incremental_output" not in call.json
+
+
+@pytest.mark.asyncio
+async def test_it_reports_length_when_max_new_tokens_is_hit(
+    make_client: ClientFactory, run: Drain, image: ImagePart
+) -> None:
+    request = ChatRequest(
+        model=DASHSCOPE_MODEL,
+        messages=(Message("user", "Hi", (image,)),),
+        params={"max_tokens": 3},
+    )
+    outcome = await run(make_client("dashscope"), request)
+
+    assert outcome.deltas == list(build_answer("Hi", Plan()).tokens)[:3]
+    assert outcome.finish is not None and outcome.finish.reason == "length"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "messages",
+    [
+        (Message("user", "No picture"),),
+        (Message("user", "First", ()), Message("assistant", "ok"), Message("user", "x")),
+    ],
+)
+async def test_a_user_turn_without_an_image_is_refused_before_any_call(
+    messages: tuple[Message, ...],
+    emulator: EmulatorServer,
+    make_client: ClientFactory,
+    run: Drain,
+) -> None:
+    outcome = await run(make_client("dashscope"), ChatRequest(DASHSCOPE_MODEL, messages))
+
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.BAD_REQUEST
+    assert outcome.error.message == IMAGE_RULE
+    assert "image in every user message" in outcome.error.message
+    assert emulator.calls("dashscope") == 0
+    assert emulator.requests == []
+
+
+@pytest.mark.asyncio
+async def test_an_earlier_user_turn_without_an_image_is_refused_too(
+    emulator: EmulatorServer, make_client: ClientFactory, run: Drain, image: ImagePart
+) -> None:
+    messages = (
+        Message("user", "First"),
+        Message("assistant", "ok"),
+        Message("user", "Now with a picture", (image,)),
+    )
+    outcome = await run(make_client("dashscope"), ChatRequest(DASHSCOPE_MODEL, messages))
+
+    assert outcome.error is not None and outcome.error.vendor_code == "image_required"
+    assert emulator.calls("dashscope") == 0
+
+
+@pytest.mark.asyncio
+async def test_the_data_uri_transport_sends_the_bytes_inline() -> None:
+    server = EmulatorServer(dashscope_accept_data_uri=True)
+    server.start()
+    try:
+        config = configs_for(server)["dashscope"]
+        options = {**config.options, "image_transport": "data_uri"}
+        client = get_client(replace(config, options=options))
+        inline = ImagePart(data=PNG, mime_type="image/png", url=None)
+        request = ChatRequest(DASHSCOPE_MODEL, (Message("user", "Hi", (inline,)),))
+        outcome = await drain(client, request)
+        await client.aclose()
+    finally:
+        server.stop()
+
+    assert outcome.error is None
+    (call,) = [r for r in server.requests if r.endpoint == "model"]
+    sent = call.json["input"]["messages"][0]["content"][0]["image"]
+    assert sent == "data:image/png;base64," + base64.b64encode(PNG).decode()
+    assert call.image_bytes == [len(PNG)]
+
+
+@pytest.mark.asyncio
+async def test_an_image_without_a_url_is_refused_in_url_mode(
+    emulator: EmulatorServer, make_client: ClientFactory, run: Drain
+) -> None:
+    inline = ImagePart(data=PNG, mime_type="image/png", url=None)
+    outcome = await run(
+        make_client("dashscope"), ChatRequest(DASHSCOPE_MODEL, (Message("user", "x", (inline,)),))
+    )
+
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.BAD_REQUEST
+    assert emulator.calls("dashscope") == 0
+
+
+@pytest.mark.asyncio
+async def test_an_unreachable_image_url_is_the_vendors_bad_request(
+    emulator: EmulatorServer, make_client: ClientFactory, run: Drain
+) -> None:
+    broken = ImagePart(data=PNG, mime_type="image/png", url="http://example.invalid/cat.png")
+    outcome = await run(
+        make_client("dashscope"), ChatRequest(DASHSCOPE_MODEL, (Message("user", "x", (broken,)),))
+    )
+
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.BAD_REQUEST
+    assert outcome.error.vendor_code == "InvalidParameter"
+    assert outcome.error.request_id
+    assert outcome.error.status == 400
+
+
+@pytest.mark.asyncio
+async def test_a_wrong_key_is_an_auth_error(
+    emulator: EmulatorServer, make_client: ClientFactory, run: Drain, image: ImagePart
+) -> None:
+    client = make_client("dashscope", credentials={"api_key": "sk-wrong-key-123456"})
+    outcome = await run(client, ChatRequest(DASHSCOPE_MODEL, (Message("user", "x", (image,)),)))
+
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.AUTH
+    assert outcome.error.vendor_code == "InvalidApiKey"
+    assert "sk-wrong-key-123456" not in repr(outcome.error)
+
+
+def test_cumulative_text_becomes_deltas_by_prefix_and_is_appended_otherwise() -> None:
+    seen = ""
+    deltas = []
+    for text in ["Hel", "Hello", "Hello, wo", "rld"]:  # the last chunk is an increment
+        delta, seen = cumulative_delta(seen, text)
+        deltas.append(delta)
+    assert deltas == ["Hel", "lo", ", wo", "rld"]
+    assert seen == "Hello, world"

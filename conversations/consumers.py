@@ -141,12 +141,16 @@ class ConversationConsumer(AsyncWebsocketConsumer):
     async def _on_resync(self, seq: Any) -> None:
         if not isinstance(seq, int):
             return
-        message_id = await _message_id_for_seq(self.conversation_id, seq)
+        message_id, final = await _message_for_resync(self.conversation_id, seq)
         if message_id is None:
             await self._send({"type": "error", "code": "not_found",
                               "message": "No such message."})
-            return
-        await self._ask_snapshot(message_id)
+        elif final is not None:
+            # It already ended (perhaps before this client even saw it start): no process is
+            # writing it any more, so the answer comes from the database.
+            await self._send({"type": "state", **final})
+        else:
+            await self._ask_snapshot(message_id)
 
     async def _ask_snapshot(self, message_id: str) -> None:
         await self.channel_layer.group_send(events.generation_group(message_id), {
@@ -230,6 +234,27 @@ def _active_messages(conversation_id: Any) -> list[dict[str, Any]]:
                                   status__in=ACTIVE_STATUSES).order_by("seq")
     return [{"id": str(m.pk), "seq": m.seq, "status": m.status, "text": m.content}
             for m in rows]
+
+
+@database_sync_to_async
+def _message_for_resync(
+        conversation_id: Any, seq: int) -> tuple[str | None, dict[str, Any] | None]:
+    """The message's id, and its final `state` frame when it has already ended."""
+    from conversations.generation import u16_len
+
+    message = Message.objects.filter(conversation_id=conversation_id, seq=seq).only(
+        "pk", "seq", "role", "status", "content", "finish_reason", "error_code",
+        "error_message", "prompt_tokens", "completion_tokens").first()
+    if message is None:
+        return None, None
+    if message.status in ACTIVE_STATUSES or message.role != "assistant":
+        return str(message.pk), None
+    return str(message.pk), {
+        "seq": message.seq, "id": str(message.pk), "status": message.status,
+        "length": u16_len(message.content), "finish_reason": message.finish_reason,
+        "error_code": message.error_code, "error_message": message.error_message,
+        "usage": {"prompt_tokens": message.prompt_tokens,
+                  "completion_tokens": message.completion_tokens}}
 
 
 @database_sync_to_async

@@ -79,6 +79,7 @@ if (root) new Conversation(root);
 
 function Conversation(root) {
   const streams = new Map(); // seq -> {el, text, upto}
+  const endedEarly = new Set(); // seqs whose final state arrived before their element
   const composer = document.getElementById("composer");
   const stopButton = composer?.querySelector("[data-stop]");
   const sendButton = composer?.querySelector("[data-send]");
@@ -160,7 +161,8 @@ function Conversation(root) {
     streams.delete(frame.seq);
     if (activeSeq === frame.seq) { activeSeq = null; setBusy(false); }
     const el = stream?.el || document.getElementById(`m-${frame.seq}`);
-    if (!el) return;
+    // A short answer can end before the reply to our own POST has put it on the page.
+    if (!el) { endedEarly.add(frame.seq); return; }
     // Replace with the server's rendering of the stored message: exactly what a reload shows.
     await refreshMessage(el);
   }
@@ -248,8 +250,13 @@ function Conversation(root) {
       }
       const el = document.getElementById(`m-${data.assistant.seq}`);
       wire(el.parentElement === root ? el : root);
-      if (["queued", "streaming"].includes(el.dataset.status)) track(el);
-      else await refreshMessage(el);
+      if (endedEarly.delete(data.assistant.seq) || !["queued", "streaming"].includes(el.dataset.status)) {
+        await refreshMessage(el);
+      } else {
+        track(el);
+        // Frames sent before the element existed were dropped: ask where the answer stands.
+        send({ type: "resync", seq: data.assistant.seq });
+      }
       scrollDown(true);
     } catch (e) {
       showError(e.message); // the text stays in the composer: nothing typed is lost

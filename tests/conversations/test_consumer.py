@@ -113,6 +113,26 @@ async def test_the_owner_watches_the_answer_arrive_and_it_matches_the_database(
     await socket.disconnect()
 
 
+async def test_a_client_that_missed_the_whole_answer_gets_its_final_state_on_resync(
+    emulated: Any, owner: Any
+) -> None:
+    # A short answer can finish before the browser has even put it on the page (F02).
+    conversation, answer = await _start(owner, "Quick one [[emu:tokens n=5]]")
+    await run_generation(answer.pk)
+    socket = await _socket(owner, conversation)
+    assert (await socket.connect())[0]
+    viewer = Viewer(socket)
+    hello = await viewer.next()
+    assert hello["active"] == []
+    await socket.send_json_to({"type": "resync", "seq": answer.seq})
+    final = await viewer.until_state("complete", timeout=5)
+    stored = await database_sync_to_async(Message.objects.get)(pk=answer.pk)
+    assert final["id"] == str(answer.pk) and final["seq"] == answer.seq
+    assert final["length"] == len(stored.content.encode("utf-16-le")) // 2
+    assert final["usage"]["completion_tokens"] == stored.completion_tokens
+    await socket.disconnect()
+
+
 async def test_an_outsider_is_refused_and_receives_nothing(emulated: Any, owner: Any,
                                                            outsider: Any) -> None:
     conversation, answer = await _start(owner, "Private [[emu:tokens n=10]]")

@@ -10,11 +10,11 @@ import enum
 import uuid
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.http import Http404
 
 from conversations.models import Conversation, Message
+from conversations.runtime import off_loop
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -73,12 +73,12 @@ def get_message_for(user: User | Any, conversation: Conversation, message_id: An
     return message
 
 
-@database_sync_to_async
+@off_loop
 def aget_conversation_for(user: User | Any, conversation_id: Any, need: Access) -> Conversation:
     return get_conversation_for(user, conversation_id, need)
 
 
-@database_sync_to_async
+@off_loop
 def aconversation_access(user: User | Any, conversation_id: Any) -> Access:
     try:
         conversation = Conversation.objects.get(pk=_parse_uuid(conversation_id))

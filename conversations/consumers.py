@@ -10,12 +10,12 @@ import json
 import time
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from conversations import events
 from conversations.access import Access, aconversation_access
 from conversations.models import ACTIVE_STATUSES, Message
+from conversations.runtime import off_loop
 
 # Close codes (documented in docs/protocol.md).
 CLOSE_UNAUTHENTICATED = 4401
@@ -228,7 +228,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=text)
 
 
-@database_sync_to_async
+@off_loop
 def _active_messages(conversation_id: Any) -> list[dict[str, Any]]:
     rows = Message.objects.filter(conversation_id=conversation_id,
                                   status__in=ACTIVE_STATUSES).order_by("seq")
@@ -236,7 +236,7 @@ def _active_messages(conversation_id: Any) -> list[dict[str, Any]]:
             for m in rows]
 
 
-@database_sync_to_async
+@off_loop
 def _message_for_resync(
         conversation_id: Any, seq: int) -> tuple[str | None, dict[str, Any] | None]:
     """The message's id, and its final `state` frame when it has already ended."""
@@ -257,14 +257,14 @@ def _message_for_resync(
                   "completion_tokens": message.completion_tokens}}
 
 
-@database_sync_to_async
+@off_loop
 def _message_id_for_seq(conversation_id: Any, seq: int) -> str | None:
     pk = Message.objects.filter(conversation_id=conversation_id, seq=seq).values_list(
         "pk", flat=True).first()
     return str(pk) if pk else None
 
 
-@database_sync_to_async
+@off_loop
 def _fresh_user(user_id: Any) -> Any:
     from django.contrib.auth import get_user_model
 
@@ -285,7 +285,7 @@ class ShareConsumer(ConversationConsumer):
         self.user = self.scope.get("user")
         self.joined = []
         self.token = self.scope["url_route"]["kwargs"]["token"]
-        share = await database_sync_to_async(sharing.get_valid_share)(self.token)
+        share = await off_loop(sharing.get_valid_share)(self.token)
         if share is None:
             await self.close(code=CLOSE_FORBIDDEN)
             return
@@ -327,7 +327,7 @@ class ShareConsumer(ConversationConsumer):
         now = time.monotonic()
         if force or now - self.checked_at > ACCESS_RECHECK_SECONDS:
             self.checked_at = now
-            share = await database_sync_to_async(sharing.get_valid_share)(self.token)
+            share = await off_loop(sharing.get_valid_share)(self.token)
             if share is None:
                 await self._send({"type": "revoked", "reason": "revoked"})
                 await self.close(code=CLOSE_FORBIDDEN)

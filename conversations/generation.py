@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db.models import Q
@@ -26,7 +25,8 @@ from django.utils import timezone
 
 from conversations import accounting, events
 from conversations.models import ACTIVE_STATUSES, Message, MessageStatus, UsageRecord
-from conversations.rendering import render_markdown, split_stable
+from conversations.rendering import render_markdown, render_markdown_cached, split_stable
+from conversations.runtime import off_loop
 from conversations.selectors import history_for
 from providers import crypto
 from providers.base import ChatRequest, Delta, ErrorKind, Finish, ProviderError
@@ -44,6 +44,8 @@ def runner_id() -> str:
     if _runner is None or _runner[0] != os.getpid():
         _runner = (os.getpid(), f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
     return _runner[1]
+
+
 PERSIST_SECONDS = 1.0
 HEARTBEAT_SECONDS = 10.0
 QUEUED_STALE_SECONDS = 600
@@ -87,7 +89,7 @@ class Job:
     request: ChatRequest
 
 
-@database_sync_to_async
+@off_loop
 def _claim(message_id: uuid.UUID) -> Job | dict[str, Any] | None:
     """queued -> streaming, exactly once (a redelivered job finds nothing to claim).
 
@@ -391,7 +393,7 @@ def u16_len(text: str) -> int:
     return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
 
 
-@database_sync_to_async
+@off_loop
 def _save_partial(message_id: uuid.UUID, text: str) -> bool:
     """Save the partial text; returns True when a stop was requested meanwhile."""
     Message.objects.filter(pk=message_id, status=MessageStatus.STREAMING).update(
@@ -408,6 +410,9 @@ def _save_final_sync(message_id: uuid.UUID, outcome: dict[str, Any]) -> dict[str
         message.cost = message.model.cost(message.prompt_tokens, message.completion_tokens)
     message.heartbeat_at = timezone.now()
     message.save()
+    if message.status == MessageStatus.COMPLETE:
+        # Every open page fetches the finished message right away: render it once, here.
+        render_markdown_cached(message.content)
     usage = UsageRecord.objects.filter(message=message).first()
     if usage is not None and message.model is not None:
         accounting.record_finish(
@@ -426,7 +431,7 @@ async def _save_final(message_id: uuid.UUID, outcome: dict[str, Any]) -> dict[st
     delay = 0.2
     for attempt in range(8):
         try:
-            return await database_sync_to_async(_save_final_sync)(message_id, outcome)
+            return await off_loop(_save_final_sync)(message_id, outcome)
         except Message.DoesNotExist:
             return {"status": outcome.get("status", MessageStatus.FAILED)}  # deleted meanwhile
         except Exception:
@@ -465,7 +470,7 @@ def reap_stale(now: Any = None) -> list[tuple[uuid.UUID, uuid.UUID, int]]:
 
 
 async def reap_and_announce() -> int:
-    reaped = await database_sync_to_async(reap_stale)()
+    reaped = await off_loop(reap_stale)()
     for conversation_id, message_id, seq in reaped:
         await events.publish(events.conversation_group(conversation_id), {
             "type": events.STATE, "seq": seq, "id": str(message_id),

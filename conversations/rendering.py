@@ -27,6 +27,8 @@ URLs stay text; ``<https://...>`` autolinks work.
 from __future__ import annotations
 
 import bisect
+import hashlib
+import logging
 import re
 from collections.abc import Sequence
 from functools import lru_cache
@@ -50,6 +52,7 @@ from pygments.util import ClassNotFound
 __all__ = [
     "pygments_css",
     "render_markdown",
+    "render_markdown_cached",
     "render_plain",
     "render_stream_parts",
     "render_user_message",
@@ -435,6 +438,46 @@ def render_markdown(text: str) -> str:
     links, fenced code highlighted with Pygments classes, math shown as code.
     """
     return sanitize_html(_MD.render(text))
+
+
+#: Bump when the renderer's output changes (sanitiser rules, highlighting): old cached HTML
+#: is then simply never read again.
+RENDER_VERSION = "1"
+_CACHE_MIN_CHARS = 200
+_CACHE_SECONDS = 24 * 3600
+_log = logging.getLogger(__name__)
+
+
+def _render_key(text: str) -> str:
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return f"md:{RENDER_VERSION}:{digest}"
+
+
+def render_markdown_cached(text: str) -> str:
+    """:func:`render_markdown` for finished text, through Django's cache.
+
+    A finished answer never changes, yet a page shows up to 50 of them and rendering one takes
+    about 2 ms. The key is a hash of the text itself, so the value can only be what
+    :func:`render_markdown` makes of it. When the cache is down the page still renders.
+    """
+    if len(text) < _CACHE_MIN_CHARS:
+        return render_markdown(text)
+    from django.core.cache import cache
+
+    key = _render_key(text)
+    try:
+        html = cache.get(key)
+    except Exception as exc:  # the cache is an optimisation: never fail a page for it
+        _log.warning("markdown cache unavailable: %s", type(exc).__name__)
+        return render_markdown(text)
+    if isinstance(html, str):
+        return html
+    html = render_markdown(text)
+    try:
+        cache.set(key, html, _CACHE_SECONDS)
+    except Exception as exc:
+        _log.warning("markdown cache unavailable: %s", type(exc).__name__)
+    return html
 
 
 def render_user_message(text: str) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from channels.db import DatabaseSyncToAsync
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,17 @@ def server_loop() -> asyncio.AbstractEventLoop | None:
     if _loop is not None and _loop.is_running() and not _loop.is_closed():
         return _loop
     return None
+
+
+def off_loop(func: Any) -> Any:
+    """`func` as a coroutine run on the loop's thread pool.
+
+    Not asgiref's default single "thread-sensitive" thread: every consumer's and every
+    runner's database call would queue there behind each other (the first database write of
+    a new answer waited behind unrelated work). These calls are independent autocommit
+    statements, so any thread will do; connections are closed around each call.
+    """
+    return DatabaseSyncToAsync(func, thread_sensitive=False)
 
 
 def submit(func: Callable[..., Awaitable[Any]], *args: Any) -> None:

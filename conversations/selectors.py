@@ -61,22 +61,28 @@ class Thread:
     oldest_seq: int | None
 
 
-def _tree(conversation: Conversation) -> tuple[dict[uuid.UUID, Any], dict[Any, list[uuid.UUID]]]:
-    """(id -> parent id) and (parent id -> child ids in creation order): one light query."""
+Tree = tuple[dict[uuid.UUID, Any], dict[Any, list[uuid.UUID]], dict[uuid.UUID, int]]
+
+
+def _tree(conversation: Conversation) -> Tree:
+    """(id -> parent id), (parent id -> child ids in creation order) and (id -> seq).
+
+    One light query; the seq comes along so that paging never needs a second one.
+    """
     parents: dict[uuid.UUID, Any] = {}
     children: dict[Any, list[uuid.UUID]] = {}
+    seqs: dict[uuid.UUID, int] = {}
     rows = Message.objects.filter(conversation=conversation).order_by("seq").values_list(
-        "id", "parent_id")
-    for message_id, parent_id in rows:
+        "id", "parent_id", "seq")
+    for message_id, parent_id, seq in rows:
         parents[message_id] = parent_id
+        seqs[message_id] = seq
         children.setdefault(parent_id, []).append(message_id)
-    return parents, children
+    return parents, children, seqs
 
 
-def active_path_ids(conversation: Conversation,
-                    tree: tuple[dict[uuid.UUID, Any], dict[Any, list[uuid.UUID]]] | None = None
-                    ) -> list[uuid.UUID]:
-    parents, _children = tree or _tree(conversation)
+def active_path_ids(conversation: Conversation, tree: Tree | None = None) -> list[uuid.UUID]:
+    parents = (tree or _tree(conversation))[0]
     path: list[uuid.UUID] = []
     node = conversation.active_leaf_id
     while node is not None and node in parents:
@@ -90,14 +96,13 @@ def thread(conversation: Conversation, *, before_seq: int | None = None,
            upto_seq: int | None = None, limit: int = PAGE_SIZE) -> Thread:
     """The messages of the active branch (the last `limit` before `before_seq`).
 
-    Three queries at any length: the (id, parent) tree, the page of messages, and nothing
-    else (authors and models are joined).
+    Three queries at any length, paging included: the (id, parent, seq) tree, the page of
+    messages (authors and models joined) and its attachments.
     """
     tree = _tree(conversation)
-    parents, children = tree
+    parents, children, seq_of = tree
     path = active_path_ids(conversation, tree)
     if before_seq is not None or upto_seq is not None:
-        seq_of = dict(Message.objects.filter(pk__in=path).values_list("id", "seq"))
         low, high = before_seq or 2**31, (upto_seq if upto_seq is not None else 2**31) + 1
         path = [mid for mid in path if seq_of[mid] < min(low, high)]
     window = path[-limit:]
@@ -110,7 +115,7 @@ def thread(conversation: Conversation, *, before_seq: int | None = None,
 
 def history_for(assistant: Message) -> list[Message]:
     """The messages a model sees for this answer: the branch up to its user prompt."""
-    parents, _children = _tree(assistant.conversation)
+    parents = _tree(assistant.conversation)[0]
     chain: list[uuid.UUID] = []
     node = assistant.parent_id
     while node is not None:
@@ -131,7 +136,7 @@ def node_for(message: Message) -> ThreadNode:
 
 def latest_leaf_under(conversation: Conversation, message_id: uuid.UUID) -> uuid.UUID:
     """Follow the newest child down from a message: where switching to it should land."""
-    _parents, children = _tree(conversation)
+    children = _tree(conversation)[1]
     node = message_id
     while children.get(node):
         node = children[node][-1]

@@ -7,6 +7,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from conversations.rendering import (
     render_markdown,
+    render_markdown_cached,
     render_plain,
     render_user_message,
     split_stable,
@@ -17,8 +18,8 @@ register = template.Library()
 
 @register.filter
 def markdown(text: str) -> SafeString:
-    """Model output: the one sanitising renderer (never |safe on raw text)."""
-    return mark_safe(render_markdown(text or ""))
+    """Model output (finished): the one sanitising renderer (never |safe on raw text)."""
+    return mark_safe(render_markdown_cached(text or ""))
 
 
 @register.filter

@@ -610,3 +610,29 @@ def test_split_invariant_holds_at_every_cut_of_tricky_texts(text: str) -> None:
         assert_split_invariant(text, cut)
     for step in (1, 2, 5):
         assert_streaming_matches_reload(text, step)
+
+
+# --- the cache of finished answers' HTML ------------------------------------------------------
+def test_a_finished_answer_is_rendered_once_and_served_from_the_cache() -> None:
+    from django.core.cache import cache
+
+    from conversations.rendering import _render_key, render_markdown_cached
+
+    text = "# Title\n\n" + "Some **bold** text and `code`.\n\n" * 20 + "```python\nx = 1\n```\n"
+    cache.delete(_render_key(text))
+    first = render_markdown_cached(text)
+    assert first == render_markdown(text)
+    assert cache.get(_render_key(text)) == first
+    cache.set(_render_key(text), "<p>cached</p>")  # proves the second call reads the cache
+    assert render_markdown_cached(text) == "<p>cached</p>"
+    cache.delete(_render_key(text))
+
+
+def test_short_answers_skip_the_cache_and_keys_depend_only_on_the_text() -> None:
+    from django.core.cache import cache
+
+    from conversations.rendering import _render_key, render_markdown_cached
+
+    assert render_markdown_cached("short *one*") == render_markdown("short *one*")
+    assert cache.get(_render_key("short *one*")) is None
+    assert _render_key("a" * 300) == _render_key("a" * 300) != _render_key("a" * 301)

@@ -161,6 +161,11 @@ else:
     # test run so parallel runs on one machine do not delete each other's database.
     _db["TEST"] = {"NAME": str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3")}
     Path(_db["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # Opening a SQLite connection registers ~30 functions and runs the PRAGMAs: keep each
+    # thread's connection (the runner's pool threads live as long as the process). A request
+    # thread that ends drops its connection with it; health checks replace a broken one.
+    _db["CONN_MAX_AGE"] = 300
+    _db["CONN_HEALTH_CHECKS"] = True
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -190,7 +195,7 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "BACKEND": "chatsite.layers.RateLimitedCleanupLayer",
             "CONFIG": {"capacity": env_int(ENV, "CHANNEL_CAPACITY", 500, minimum=10)},
         }
     }

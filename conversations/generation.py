@@ -395,9 +395,16 @@ def u16_len(text: str) -> int:
 
 @off_loop
 def _save_partial(message_id: uuid.UUID, text: str) -> bool:
-    """Save the partial text; returns True when a stop was requested meanwhile."""
-    Message.objects.filter(pk=message_id, status=MessageStatus.STREAMING).update(
+    """Save the partial text; returns True when a stop was requested meanwhile.
+
+    One statement in the usual case: the update skips a message whose stop was requested,
+    and only then (or when the message is no longer streaming) a second query tells which.
+    """
+    saved = Message.objects.filter(
+        pk=message_id, status=MessageStatus.STREAMING, stop_requested=False).update(
         content=text, heartbeat_at=timezone.now())
+    if saved:
+        return False
     return Message.objects.filter(pk=message_id, stop_requested=True).exists()
 
 

@@ -92,7 +92,7 @@ def test_it_starts_on_embedded_defaults(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     values = json.loads(result.stdout)
     assert values["db"].endswith("sqlite3")
-    assert values["layer"] == "channels.layers.InMemoryChannelLayer"
+    assert values["layer"] == "chatsite.layers.RateLimitedCleanupLayer"  # in-memory
     assert values["debug"] is False
     assert (tmp_path / "var" / "local-secrets.json").exists()
 

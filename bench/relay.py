@@ -1,20 +1,27 @@
 """Relay benchmark (issue 4): what the app adds on top of the provider's own stream.
 
-Arms, interleaved in one run (A0 A1 A0 A1 ...) at each concurrency K:
+Arms, interleaved in one run (A0 A1 A2 A0 A1 A2 ...) at each concurrency K:
 
 - A0: this client reads the emulator's Cloudflare SSE stream directly (httpx), same prompt,
   same pace. It is the floor: what a perfect relay would deliver.
-- A1: through the app: POST /c/<id>/messages/ on a conversation whose websocket is already
-  open (as a browser tab does), then the answer arrives as websocket frames.
+- A1: through the app, text path: POST /c/<id>/messages/ on a conversation whose websocket is
+  already open (as a browser tab does), then the answer arrives as websocket frames. The
+  answer runs on daphne's own loop (the in-process runner).
+- A2: through the app, vision path: the same with the Cloudflare vision model and an uploaded
+  image; the answer runs in a Celery worker, which publishes its frames through the Redis
+  channel layer to daphne. Needs the Redis stack (Redis + PostgreSQL + one worker).
 
-The script starts its own emulator and daphne processes on free 127.0.0.1 ports (app pinned to
-core 0, emulator and this load generator to core 1 when `taskset` and two cores exist), on a
-separate VAR_DIR and SQLite database, waits until both answer, runs, and stops them. Every
-number is reported against A0 of the same run. Method and metrics: bench/README.md.
+The script starts its own emulator, daphne (and, for A2, Celery worker) processes on free
+127.0.0.1 ports (app and worker pinned to core 0, emulator and this load generator to core 1
+when `taskset` and two cores exist), on a separate VAR_DIR and a fresh database, waits until
+they answer, runs, and stops them. Every number is reported against A0 of the same run.
+`--capacity` doubles K until the app no longer keeps up. Method and metrics: bench/README.md.
 
-    .venv/bin/python bench/relay.py                      # K=1,10,100, 500 tokens at 50/s
-    .venv/bin/python bench/relay.py --quick              # under a minute
+    .venv/bin/python bench/relay.py                      # K=1,10,100, arms A0,A1,A2
+    .venv/bin/python bench/relay.py --quick              # about a minute
+    .venv/bin/python bench/relay.py --arms A0,A1         # embedded stack (SQLite, no Redis)
     .venv/bin/python bench/relay.py --k 1 --tokens 20 --repeat 200   # >= 200 TTFT samples
+    .venv/bin/python bench/relay.py --capacity --k-max 256           # K = 1, 2, 4, ... 256
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
+import hashlib
 import json
 import math
 import os
@@ -32,16 +41,18 @@ import shutil
 import signal
 import socket
 import string
+import struct
 import subprocess
 import sys
 import time
 import uuid
+import zlib
 from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import websockets
@@ -56,6 +67,7 @@ RESULTS = ROOT / "bench" / "results"
 CF_ACCOUNT = "0123456789abcdef0123456789abcdef"
 CF_TOKEN = "cf-emu-token-0001"
 CF_MODEL = "@cf/meta/llama-3.2-3b-instruct"
+CF_VISION_MODEL = "@cf/meta/llama-3.2-11b-vision-instruct"
 EMULATOR_ENV = {
     "CLOUDFLARE_ACCOUNT_ID": CF_ACCOUNT,
     "CLOUDFLARE_API_TOKEN": CF_TOKEN,
@@ -68,17 +80,32 @@ STRIPPED_ENV = (
     "APP_ENV", "DATABASE_URL", "REDIS_URL", "VAR_DIR", "SECRET_KEY", "FIELD_ENCRYPTION_KEYS",
     "SITE_URL", "ALLOWED_HOSTS", "DJANGO_SETTINGS_MODULE", "DJANGO_ALLOW_ASYNC_UNSAFE",
     "STREAM_COALESCE_MS", "RATE_LIMIT_PER_MINUTE", "MAX_CONCURRENT_ANSWERS", "LOG_LEVEL",
-    "DEBUG", "CLOUDFLARE_BASE_URL", "DASHSCOPE_BASE_URL", "QIANFAN_BASE_URL", *EMULATOR_ENV,
+    "DEBUG", "CLOUDFLARE_BASE_URL", "DASHSCOPE_BASE_URL", "QIANFAN_BASE_URL", "MEDIA_ROOT",
+    "S3_BUCKET", "CHANNEL_CAPACITY", "DB_POOL_MIN", "DB_POOL_MAX", "DB_POOL_TIMEOUT",
+    *EMULATOR_ENV,
 )
+REDIS_URL = "redis://127.0.0.1:6379/14"  # this benchmark's own Redis database (FLUSHDB'd)
+PG_URL = "postgres://postgres@127.0.0.1:5432/llamachat_bench"  # dropped and created per run
+ARMS = ("A0", "A1", "A2")
 # The emulator echoes the first 40 characters of the prompt: a longer fixed prefix makes every
-# answer (A0 and A1, every stream) the same text, while the tag after it identifies the stream
-# in the emulator's recorded requests.
+# answer of an arm the same text, while the tag after it identifies the stream in the
+# emulator's recorded requests. (The vision path sends the conversation flattened into one
+# prompt, "User: <first message>...": its answer is the same for every A2 stream, but not the
+# text answer, so it is learnt separately.)
 PROMPT_PREFIX = "Relay benchmark prompt, identical across all streams:"
 TAG_RE = re.compile(r"#(bench-[0-9a-z-]+)")
 TERMINAL = frozenset({"complete", "failed", "stopped", "interrupted"})
 ACK_EVERY = 32 * 1024  # what static/js/chat.js does (the protocol asks for <= 128 KB)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CSRF_CHARS = string.ascii_letters + string.digits
+# A conversation is replaced by a fresh one after this many measured answers: the emulator
+# elides recorded message lists longer than 64 items (the tag would be lost), and the history
+# the app reads and sends for every answer stays bounded.
+SLOT_ROUNDS = 20
+# Capacity search: the limits of docs/performance.md ("added p99 <= 100 ms and delivered rate
+# >= 0.95 R").
+CAPACITY_ADDED_MS = 100.0
+CAPACITY_RATE = 0.95
 
 # One user per concurrent stream (K streams = K people), each with a session made here rather
 # than through the login form (no password hashing on the app's core).
@@ -113,7 +140,7 @@ with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as o
 # --- configuration ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Config:
-    ks: tuple[int, ...]
+    ks: tuple[int, ...]  # the levels to run (with --capacity: 1, 2, 4, ... up to k_max)
     tokens: int
     rate: float
     ttft: float
@@ -127,10 +154,37 @@ class Config:
     json_path: Path
     var_dir: Path
     pin: bool
+    arms: tuple[str, ...] = ("A0", "A1")
+    stack: str = "embedded"  # "embedded" (SQLite, in-memory layer) or "redis" (+ PG, worker)
+    vision_model: str = "llama-3.2-11b-vision"
+    capacity: bool = False
+    k_max: int = 1024
+    worker_pool: str = "threads"
+    worker_concurrency: int = 0  # 0: no worker
+    redis_url: str = REDIS_URL
+    database_url: str = PG_URL
 
     @property
     def window(self) -> float:
         return self.window_ms / 1000
+
+    @property
+    def app_arms(self) -> tuple[str, ...]:
+        return tuple(arm for arm in self.arms if arm != "A0")
+
+    @property
+    def redis(self) -> bool:
+        return self.stack == "redis"
+
+    def rounds(self, k: int) -> int:
+        """Rounds at level k: --repeat, but fewer at high K in a capacity search (a level of
+        K >= 8 streams per round already gives K samples per round)."""
+        if not self.capacity:
+            return self.repeat
+        return max(1, min(self.repeat, math.ceil(self.repeat * 8 / k)))
+
+    def model_for(self, arm: str) -> str:
+        return self.vision_model if arm == "A2" else self.model
 
     def prompt(self, tag: str, magic: str | None = None) -> str:
         magic = magic or f"[[emu:tokens n={self.tokens} rate={self.rate:g} ttft={self.ttft:g}]]"
@@ -147,30 +201,70 @@ def _ks(text: str) -> tuple[int, ...]:
     return values
 
 
-def parse_args(argv: Sequence[str] | None = None) -> Config:
+def _arms(text: str) -> tuple[str, ...]:
+    names = {part.strip().upper() for part in text.split(",") if part.strip()}
+    if not names <= set(ARMS) or "A0" not in names or len(names) < 2:
+        raise argparse.ArgumentTypeError("--arms takes A0 and at least one of A1, A2, "
+                                         "e.g. A0,A1,A2")
+    return tuple(arm for arm in ARMS if arm in names)
+
+
+def capacity_levels(k_max: int) -> tuple[int, ...]:
+    """1, 2, 4, ... and k_max itself when it is not a power of two."""
+    levels = [1 << i for i in range(k_max.bit_length()) if 1 << i <= k_max]
+    return tuple(levels + ([k_max] if levels[-1] != k_max else []))
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench/relay.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--k", type=_ks, help="concurrency levels (default 1,10,100; quick 1,10)")
-    parser.add_argument("--tokens", type=int, help="answer length (default 500; quick 60)")
-    parser.add_argument("--rate", type=float, help="tokens per second (default 50; quick 100)")
-    parser.add_argument("--ttft", type=float, help="emulator TTFT, s (default 0.2; quick 0.1)")
-    parser.add_argument("--repeat", type=int, help="A0/A1 rounds per K (default 3; quick 2)")
-    parser.add_argument("--spread", type=float,
-                        help="start the K streams evenly over this many seconds, not as one "
-                             "burst (default 1.0; quick 0.2; 0 = burst)")
-    parser.add_argument("--window-ms", type=int, default=50,
-                        help="the app's coalescing window (sets STREAM_COALESCE_MS; default 50)")
-    parser.add_argument("--timeout", type=float,
-                        help="per-stream limit, s (default: ttft + tokens/rate + spread + 30)")
-    parser.add_argument("--model", default="llama-3.2-3b", help="model slug (a Cloudflare one)")
-    parser.add_argument("--a0-client", choices=("httpx", "raw"), default="httpx",
-                        help="A0's HTTP client: httpx (default) or a bare asyncio reader that "
-                             "keeps the load core free at high K")
-    parser.add_argument("--quick", action="store_true", help="small defaults: < 60 s in all")
-    parser.add_argument("--json", type=Path, help="output file (default "
-                        "bench/results/relay-<timestamp>.json)")
-    parser.add_argument("--var-dir", type=Path, default=RESULTS / "var",
-                        help="VAR_DIR of the app under test (its SQLite file is recreated)")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    add = parser.add_argument
+    add("--k", type=_ks, help="concurrency levels (default 1,10,100; quick 1,10)")
+    add("--arms", type=_arms, help="arms to interleave (default A0,A1,A2; with --capacity "
+                                   "A0,A1). A2 needs the Redis stack")
+    add("--stack", choices=("auto", "embedded", "redis"), default="auto",
+        help="embedded: SQLite + in-memory channel layer; redis: PostgreSQL + Redis channel "
+             "layer + a Celery worker (A1 then also runs on it); auto: redis iff A2 is on")
+    add("--tokens", type=int, help="answer length (default 500; quick 60)")
+    add("--rate", type=float, help="tokens per second (default 50; quick 100)")
+    add("--ttft", type=float, help="emulator TTFT, s (default 0.2; quick 0.1)")
+    add("--repeat", type=int, help="rounds per K (default 3; quick 2); with --capacity the "
+                                   "most rounds of a level (fewer above K=8)")
+    add("--spread", type=float, help="start the K streams evenly over this many seconds, not "
+                                     "as one burst (default 1.0; quick 0.2; 0 = burst)")
+    add("--window-ms", type=int, default=50,
+        help="the app's coalescing window (sets STREAM_COALESCE_MS; default 50)")
+    add("--timeout", type=float,
+        help="per-stream limit, s (default: ttft + tokens/rate + spread + 30)")
+    add("--model", default="llama-3.2-3b", help="text model slug of A1 (a Cloudflare one)")
+    add("--vision-model", default="llama-3.2-11b-vision",
+        help="vision model slug of A2 (a Cloudflare one)")
+    add("--a0-client", choices=("httpx", "raw"),
+        help="A0's HTTP client: httpx (default) or a bare asyncio reader that keeps the load "
+             "core free at high K (default with --capacity)")
+    add("--capacity", action="store_true",
+        help="capacity search: K = 1, 2, 4, ... until a level fails (see README)")
+    add("--k-max", type=int, default=1024, help="largest K of the capacity search (1024)")
+    add("--worker-pool", choices=("threads", "prefork"), default="threads",
+        help="Celery pool of the A2 worker (default threads: one process)")
+    add("--worker-concurrency", type=int,
+        help="Celery worker concurrency (default: the largest K that runs A2)")
+    add("--redis-url", default=REDIS_URL, help=f"Redis database of the run, FLUSHDB'd "
+                                               f"(default {REDIS_URL})")
+    add("--database-url", default=PG_URL, help="PostgreSQL database of the run, dropped and "
+                                               f"created (default {PG_URL})")
+    add("--quick", action="store_true", help="small defaults: about a minute in all")
+    add("--json", type=Path, help="output file (default bench/results/relay-<timestamp>.json)")
+    add("--var-dir", type=Path, default=RESULTS / "var",
+        help="VAR_DIR of the app under test (its SQLite file is recreated)")
+    add("--no-pin", action="store_true", help="do not pin processes to cores")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None, *,
+               default_arms: tuple[str, ...] = ("A0", "A1")) -> Config:
+    """The command line as a Config. The script's own default arms are A0,A1,A2 (`main`);
+    other callers (bench/memory.py) keep the embedded stack unless they ask for A2."""
+    parser = _parser()
     args = parser.parse_args(argv)
     quick = bool(args.quick)
 
@@ -184,15 +278,46 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     repeat = pick(args.repeat, 3, 2)
     if tokens < 2 or rate <= 0 or ttft < 0 or spread < 0 or repeat < 1 or args.window_ms < 0:
         parser.error("need --tokens >= 2, --rate > 0, --ttft >= 0, --spread >= 0, --repeat >= 1")
+    if args.capacity and args.k is not None:
+        parser.error("--capacity chooses the levels itself (use --k-max)")
+    if args.k_max < 1:
+        parser.error("need --k-max >= 1")
+    arms = args.arms or (("A0", "A1") if args.capacity else default_arms)
+    stack = args.stack if args.stack != "auto" else ("redis" if "A2" in arms else "embedded")
+    if "A2" in arms and stack != "redis":
+        parser.error("A2 runs in a Celery worker: it needs --stack redis (or auto)")
+    ks = capacity_levels(args.k_max) if args.capacity else pick(args.k, (1, 10, 100), (1, 10))
+    workers = args.worker_concurrency or (max(ks) if "A2" in arms else 0)
+    if "A2" in arms and workers < 1:
+        parser.error("need --worker-concurrency >= 1")
+    # A guard for other people's data: the run empties this Redis database and drops this
+    # PostgreSQL database.
+    if stack == "redis" and not _own_redis(args.redis_url):
+        parser.error("--redis-url must name a database number: redis://host:port/<db>")
+    if stack == "redis" and not _own_postgres(args.database_url):
+        parser.error("--database-url must be postgres://.../<name containing 'bench'>")
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return Config(
-        ks=pick(args.k, (1, 10, 100), (1, 10)), tokens=tokens, rate=rate, ttft=ttft,
-        repeat=repeat, spread=spread, window_ms=args.window_ms,
+        ks=ks, tokens=tokens, rate=rate, ttft=ttft, repeat=repeat, spread=spread,
+        window_ms=args.window_ms,
         timeout=args.timeout or ttft + tokens / rate + spread + 30.0, model=args.model,
-        a0_client=args.a0_client, quick=quick,
+        a0_client=args.a0_client or ("raw" if args.capacity else "httpx"), quick=quick,
         json_path=(args.json or RESULTS / f"relay-{stamp}.json").resolve(),
-        var_dir=args.var_dir.resolve(), pin=not args.no_pin,
+        var_dir=args.var_dir.resolve(), pin=not args.no_pin, arms=arms, stack=stack,
+        vision_model=args.vision_model, capacity=bool(args.capacity), k_max=args.k_max,
+        worker_pool=args.worker_pool, worker_concurrency=workers, redis_url=args.redis_url,
+        database_url=args.database_url,
     )
+
+
+def _own_redis(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("redis", "rediss") and parts.path.strip("/").isdigit()
+
+
+def _own_postgres(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("postgres", "postgresql") and "bench" in parts.path.strip("/")
 
 
 # --- processes ----------------------------------------------------------------------------------
@@ -202,14 +327,31 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
+def _stat_fields(pid: int) -> list[str] | None:
     try:
         data = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return math.nan
-    fields = data[data.rindex(")") + 2:].split()  # the name may contain spaces
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return None
+    return data[data.rindex(")") + 2:].split()  # the name may contain spaces
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
+    fields = _stat_fields(pid)
+    return math.nan if fields is None else (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a prefork Celery worker's children do the work)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat_fields(int(entry.name))) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(current := todo.pop())
+        todo += children.get(current, [])
+    return tree
 
 
 def rss_kib(pid: int) -> int | None:
@@ -239,8 +381,48 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: f
     raise RuntimeError(f"{url} not healthy after {timeout:.0f}s; see {log}")
 
 
+def _wait_log(marker: bytes, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}; see {log}")
+        with contextlib.suppress(OSError):
+            if marker in log.read_bytes():
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"no {marker!r} after {timeout:.0f}s; see {log}")
+
+
+def reset_stores(cfg: Config) -> None:
+    """An empty Redis database and a new PostgreSQL database, both the run's own."""
+    import psycopg
+    import redis
+    from psycopg import sql
+
+    try:
+        client = redis.Redis.from_url(cfg.redis_url, socket_timeout=10)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+    except redis.RedisError as exc:
+        raise RuntimeError(f"Redis {cfg.redis_url}: {type(exc).__name__}: {exc}") from None
+    parts = urlsplit(cfg.database_url)
+    name = parts.path.strip("/")
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            # FORCE: a worker of an aborted run may still hold a connection.
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                         .format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.Error as exc:
+        raise RuntimeError(f"PostgreSQL {admin}: {type(exc).__name__}: {exc}") from None
+
+
 class Stack:
-    """The emulator and the app under test: own ports, own database, own logs."""
+    """The emulator and the app under test (daphne, and a Celery worker on the Redis stack):
+    own ports, own database, own logs."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -251,8 +433,10 @@ class Stack:
         self.app_url = f"http://127.0.0.1:{self.app_port}"
         self.sessions: list[str] = []  # one signed-in user per concurrent stream
         self.db_path = cfg.var_dir / "bench.sqlite3"
-        self.logs = {name: cfg.var_dir / f"{name}.log" for name in ("emulator", "setup", "app")}
+        names = ("emulator", "setup", "app", *(("worker",) if cfg.worker_concurrency else ()))
+        self.logs = {name: cfg.var_dir / f"{name}.log" for name in names}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._locks: list[int] = []  # descriptors of the flock'd files
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in STRIPPED_ENV}
@@ -267,16 +451,21 @@ class Stack:
             "CLOUDFLARE_BASE_URL": f"{self.emu_url}/client/v4",
             "DASHSCOPE_BASE_URL": f"{self.emu_url}/api/v1", "QIANFAN_BASE_URL": self.emu_url,
         })
+        if self.cfg.redis:
+            env.update({"DATABASE_URL": self.cfg.database_url, "REDIS_URL": self.cfg.redis_url})
         return env
 
     def _pin(self, core: int) -> list[str]:
         return ["taskset", "-c", str(core)] if self.pinned else []
 
-    def _spawn(self, name: str, argv: list[str], core: int) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, argv: list[str], core: int,
+               group: bool = False) -> subprocess.Popen[bytes]:
         log = self.logs[name].open("wb")
         try:
+            # group: its own process group, so a prefork worker's children can be stopped too.
             proc = subprocess.Popen([*self._pin(core), *argv], cwd=ROOT, env=self.env(),
-                                    stdout=log, stderr=subprocess.STDOUT)
+                                    stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=group)
         finally:
             log.close()  # the child holds its own descriptor
         self.procs[name] = proc
@@ -286,15 +475,59 @@ class Stack:
         self.cfg.var_dir.mkdir(parents=True, exist_ok=True)
         for suffix in ("", "-wal", "-shm"):  # a fresh database every run
             Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
+        shutil.rmtree(self.cfg.var_dir / "media", ignore_errors=True)  # earlier runs' uploads
+        if self.cfg.redis:
+            self._lock_stores()
+            reset_stores(self.cfg)
+        # Licence accepted up front: every batch resets the emulator, which would otherwise
+        # make the first vision call of each batch a 403 + "agree" round trip.
         emulator = self._spawn("emulator", [sys.executable, "-m", "providers.emulators",
-                                            "--port", str(self.emu_port)], core=1)
+                                            "--port", str(self.emu_port),
+                                            "--cloudflare-licence-agreed"], core=1)
         self._setup_database()
         _wait_healthy(f"{self.emu_url}/_emulator/health", emulator, self.logs["emulator"], 30)
+        if self.cfg.worker_concurrency:
+            self._start_worker()
         app = self._spawn("app", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p",
                                   str(self.app_port), "chatsite.asgi:application"], core=0)
         _wait_healthy(f"{self.app_url}/healthz", app, self.logs["app"], 60)
+        if "worker" in self.procs:
+            _wait_log(b" ready.", self.procs["worker"], self.logs["worker"], 60)
         if self.pinned:
             os.sched_setaffinity(0, {1})  # the load generator shares core 1 with the emulator
+
+    def _lock_stores(self, wait: float = 900.0) -> None:
+        """One run at a time per Redis database and per PostgreSQL database: a second run
+        would flush and drop them under the first, and its worker would take the first's
+        tasks. Waits for the other run (a lock goes with its process)."""
+        self._locks = []
+        for url in sorted((self.cfg.redis_url, self.cfg.database_url)):  # one order: no deadlock
+            key = hashlib.sha256(url.encode()).hexdigest()[:12]
+            self._locks.append(fd := os.open(f"/tmp/llamachat-relay-bench-{key}.lock",
+                                             os.O_RDWR | os.O_CREAT, 0o644))
+            deadline = time.monotonic() + wait
+            told = False
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"another relay benchmark keeps using {url}; pass "
+                                           "other --redis-url / --database-url") from None
+                    if not told:
+                        told = True
+                        print(f"another relay benchmark uses {url}: waiting for it to end",
+                              file=sys.stderr, flush=True)
+                    time.sleep(1.0)
+
+    def _start_worker(self) -> None:
+        """One Celery worker beside daphne on core 0, as tests/conftest.py starts one."""
+        self._spawn("worker", [
+            sys.executable, "-m", "celery", "-A", "chatsite", "worker", "--loglevel=INFO",
+            f"--pool={self.cfg.worker_pool}", f"--concurrency={self.cfg.worker_concurrency}",
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "-n", f"bench-{self.app_port}@%h"], core=0, group=True)
 
     def _setup_database(self) -> None:
         sessions = self.cfg.var_dir / "sessions.json"
@@ -303,7 +536,7 @@ class Stack:
         with self.logs["setup"].open("wb") as log:
             done = subprocess.run([sys.executable, "manage.py", "shell", "-c", SETUP_CODE],
                                   cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  timeout=300, check=False)
+                                  timeout=600, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"database setup failed; see {self.logs['setup']}")
         self.sessions = json.loads(sessions.read_text())
@@ -312,16 +545,34 @@ class Stack:
     def pid(self, name: str) -> int:
         return self.procs[name].pid
 
+    def app_cpu(self) -> tuple[float, float]:
+        """CPU seconds so far of daphne and of the worker (with its pool's children)."""
+        worker = (sum(cpu_seconds(pid) for pid in process_tree(self.pid("worker")))
+                  if "worker" in self.procs else 0.0)
+        return cpu_seconds(self.pid("app")), worker
+
+    def app_rss(self) -> tuple[int | None, int | None]:
+        worker = (sum(rss_kib(pid) or 0 for pid in process_tree(self.pid("worker")))
+                  if "worker" in self.procs else None)
+        return rss_kib(self.pid("app")), worker
+
     def stop(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.terminate()
-        for proc in self.procs.values():
+        for name, proc in self.procs.items():
             try:
-                proc.wait(10)
+                proc.wait(20 if name == "worker" else 10)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                if name == "worker":
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)  # its own group (start_new_session)
+                else:
+                    proc.kill()
                 proc.wait(5)
+        for fd in self._locks:
+            os.close(fd)  # releases the flock
+        self._locks = []
 
     def log_tail(self, lines: int = 30) -> str:
         parts = []
@@ -332,19 +583,24 @@ class Stack:
         return "\n".join(parts)
 
     def app_log_summary(self) -> dict[str, Any]:
-        """Error and warning lines the app logged (the benchmark treats them as findings)."""
-        try:
-            lines = self.logs["app"].read_text(errors="replace").splitlines()
-        except OSError:
-            return {"errors": 0, "warnings": 0, "tracebacks": 0, "samples": []}
-        errors = [line for line in lines if " ERROR " in line or " CRITICAL " in line]
-        warnings = [line for line in lines if " WARNING " in line]
+        """Error and warning lines daphne and the worker logged (findings of the run)."""
+        lines: list[str] = []
+        for name in ("app", "worker"):
+            with contextlib.suppress(OSError, KeyError):
+                lines += self.logs[name].read_text(errors="replace").splitlines()
+        leveled = [(line, m.group(1)) for line in lines if (m := LEVEL_RE.search(line))]
+        errors = [line for line, level in leveled if level != "WARNING"]
+        warnings = [line for line, level in leveled if level == "WARNING"]
         samples: list[str] = []
         for line in errors + warnings:
             if line[24:] not in {s[24:] for s in samples} and len(samples) < 8:
                 samples.append(line[:300])
         return {"errors": len(errors), "warnings": len(warnings),
                 "tracebacks": sum("Traceback" in line for line in lines), "samples": samples}
+
+
+# Django's "<time> LEVEL name: ..." and Celery's "[<time>: LEVEL/Process] ..." lines.
+LEVEL_RE = re.compile(r"[ :](ERROR|CRITICAL|WARNING)[ /]")
 
 
 # --- the answer every stream must deliver --------------------------------------------------------
@@ -380,17 +636,19 @@ class StreamResult:
     index: int
     tag: str
     error: str = ""
-    t_send: float = 0.0  # request (A0) or POST (A1) sent
-    t_response: float | None = None  # A1: the POST answered
+    t_send: float = 0.0  # request (A0) or POST (A1, A2) sent
+    t_response: float | None = None  # A1, A2: the POST answered
     t_upstream: float | None = None  # the emulator received the model call (its recording)
     arrivals: list[float] = field(default_factory=list)  # per token: when it was readable here
     ts: list[float] = field(default_factory=list)  # A0: the emulator's "ts" per token
-    wire_bytes: int = 0  # A1: websocket payload bytes; A0: SSE body bytes
-    frames: int = 0  # A1: websocket frames; A0: HTTP chunks
-    wire_by_kind: dict[str, int] = field(default_factory=dict)  # A1: "d", "b", "other"
+    wire_bytes: int = 0  # A1, A2: websocket payload bytes; A0: SSE body bytes
+    frames: int = 0  # A1, A2: websocket frames; A0: HTTP chunks
+    wire_by_kind: dict[str, int] = field(default_factory=dict)  # A1, A2: "d", "b", "other"
     stream_frames: int = 0  # frames from the first token to the end of the answer
     frame_span: float | None = None  # first to last frame carrying the answer, s
-    status: str = ""  # A1: the final state
+
+    status: str = ""  # A1/A2: the final state
+    slot_tag: str = ""  # A1/A2: the tag of the conversation's first message
 
 
 def _due(res: StreamResult, cfg: Config, index: int) -> float:
@@ -461,19 +719,22 @@ async def _raw_chunks(url: str, body: bytes,
 
 
 async def run_a0(http: httpx.AsyncClient, emu_url: str, cfg: Config, res: StreamResult,
-                 answer: Answer | None, start_at: float, magic: str | None = None) -> list[str]:
+                 answer: Answer | None, start_at: float, magic: str | None = None,
+                 body: dict[str, Any] | None = None, model: str = CF_MODEL) -> list[str]:
     """Read the emulator's stream directly; returns the token texts."""
     await _sleep_until(start_at)
-    url = f"{emu_url}/client/v4/accounts/{CF_ACCOUNT}/ai/run/{CF_MODEL}"
-    body = json.dumps({"messages": [{"role": "user", "content": cfg.prompt(res.tag, magic)}],
-                       "stream": True, "max_tokens": max(1024, cfg.tokens)}).encode()
+    url = f"{emu_url}/client/v4/accounts/{CF_ACCOUNT}/ai/run/{model}"
+    body = body or {"messages": [{"role": "user", "content": cfg.prompt(res.tag, magic)}],
+                    "stream": True, "max_tokens": max(1024, cfg.tokens)}
+    payload = json.dumps(body).encode()
     headers = {"Authorization": f"Bearer {CF_TOKEN}", "Accept": "text/event-stream",
                "Content-Type": "application/json"}
     texts: list[str] = []
     done = False
     res.t_send = time.monotonic()
-    source = (_raw_chunks(url, body, headers) if cfg.a0_client == "raw"
-              else _httpx_chunks(http, url, body, headers))
+    source = (_raw_chunks(url, payload, headers) if cfg.a0_client == "raw"
+              else _httpx_chunks(http, url, payload, headers))
+
     try:
         async with asyncio.timeout(cfg.timeout), contextlib.aclosing(source) as chunks:
             buffer = bytearray()
@@ -518,6 +779,23 @@ def _a0_event(event: bytes, now: float, res: StreamResult, texts: list[str]) -> 
     return False
 
 
+def tiny_png(side: int = 16) -> bytes:
+    """A valid side x side RGB PNG (a gradient), made without any imaging library."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    rows = b"".join(b"\x00" + bytes(value for x in range(side)
+                                    for value in (x * 255 // side, y * 255 // side, 128))
+                    for y in range(side))
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+PNG = tiny_png()
+
+
 class AppClient:
     """One signed-in user, like a browser: session and CSRF cookies on every request."""
 
@@ -543,10 +821,21 @@ class AppClient:
                                + (f": {error.group(1).strip()}" if error else ""))
         return match.group(1)
 
-    async def post_message(self, conversation: str, text: str) -> httpx.Response:
+    async def upload_image(self, data: bytes) -> str:
+        """The composer's upload (POST /uploads/): the id a message then refers to."""
+        response = await self.http.post("/uploads/", headers=self._headers(),
+                                        files={"image": ("bench.png", data, "image/png")})
+        if response.status_code != 201:
+            raise RuntimeError(f"POST /uploads/ answered HTTP {response.status_code}: "
+                               f"{response.text[:200]}")
+        return str(response.json()["id"])
+
+    async def post_message(self, conversation: str, text: str,
+                           attachments: Sequence[str] = ()) -> httpx.Response:
         return await self.http.post(f"/c/{conversation}/messages/",
                                     headers=self._headers(Accept="application/json"),
-                                    data={"text": text, "client_id": str(uuid.uuid4())})
+                                    data={"text": text, "client_id": str(uuid.uuid4()),
+                                          "attachments": list(attachments)})
 
 
 Frame = tuple[float, int, Any]  # arrival time, payload bytes, decoded JSON
@@ -555,10 +844,13 @@ Frame = tuple[float, int, Any]  # arrival time, payload bytes, decoded JSON
 class Slot:
     """One conversation with its websocket open, like a browser tab showing it."""
 
-    def __init__(self, app: AppClient, conversation: str, ws: ClientConnection) -> None:
+    def __init__(self, app: AppClient, conversation: str, ws: ClientConnection,
+                 tag: str = "") -> None:
         self.app = app
         self.conversation = conversation
         self.ws = ws
+        self.tag = tag  # of the conversation's first message
+        self.answers = 0  # measured answers so far
         self.received = 0
         self.acked = 0
         self.recording = False
@@ -571,13 +863,13 @@ class Slot:
         self.reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def open(cls, app: AppClient, conversation: str) -> Slot:
+    async def open(cls, app: AppClient, conversation: str, tag: str = "") -> Slot:
         base = app.base_url.replace("http://", "ws://", 1)
         ws = await connect(f"{base}/ws/c/{conversation}/", origin=Origin(app.base_url),
                            additional_headers={"Cookie": app.cookie},
                            compression=None, max_size=2**24, ping_interval=None,
                            open_timeout=60)
-        return cls(app, conversation, ws)
+        return cls(app, conversation, ws, tag)
 
     async def _read(self) -> None:
         try:
@@ -633,35 +925,60 @@ class Slot:
             await self.reader
 
 
-async def open_slots(apps: list[AppClient], cfg: Config) -> list[Slot]:
-    """One conversation per user, its short first answer finished and its websocket open."""
+async def open_slot(app: AppClient, cfg: Config, model: str, tag: str) -> Slot:
+    """A new conversation, its short first answer finished and its websocket open."""
+    text = cfg.prompt(tag, "[[emu:tokens n=12 ttft=0]]")
+    conversation = await app.new_conversation(model, text)
+    slot = await Slot.open(app, conversation, tag)
+    try:
+        await asyncio.wait_for(slot.hello.wait(), 60)
+        await asyncio.wait_for(slot.wait_terminal(slot.active), 60)
+    except (TimeoutError, ConnectionError) as exc:
+        await slot.close()
+        raise RuntimeError(f"conversation {conversation}: the first answer did not end "
+                           f"({type(exc).__name__})") from None
+    return slot
+
+
+async def open_slots(apps: list[AppClient], cfg: Config, model: str, prefix: str) -> list[Slot]:
+    """One conversation per user (K browser tabs); tags `<prefix>-<index>`."""
     gate = asyncio.Semaphore(8)
 
     async def one(index: int, app: AppClient) -> Slot:
         async with gate:
-            text = cfg.prompt(f"bench-setup-{len(apps)}-{index}", "[[emu:tokens n=12 ttft=0]]")
-            conversation = await app.new_conversation(cfg.model, text)
-            slot = await Slot.open(app, conversation)
-        try:
-            await asyncio.wait_for(slot.hello.wait(), 60)
-            await asyncio.wait_for(slot.wait_terminal(slot.active), 60)
-        except (TimeoutError, ConnectionError) as exc:
-            raise RuntimeError(f"conversation {conversation}: the first answer did not end "
-                               f"({type(exc).__name__})") from None
-        return slot
+            return await open_slot(app, cfg, model, f"{prefix}-{index}")
 
-    return list(await asyncio.gather(*(one(i, app) for i, app in enumerate(apps))))
+    results = await asyncio.gather(*(one(i, app) for i, app in enumerate(apps)),
+                                   return_exceptions=True)
+    slots = [r for r in results if isinstance(r, Slot)]
+    if len(slots) < len(results):  # close the ones that opened, then report the first failure
+        await asyncio.gather(*(slot.close() for slot in slots), return_exceptions=True)
+        raise next(r for r in results if isinstance(r, BaseException))
+    return slots
 
 
-async def run_a1(slot: Slot, cfg: Config, res: StreamResult, answer: Answer,
-                 start_at: float) -> None:
+async def upload_images(slots: Sequence[Slot]) -> list[str]:
+    """One fresh upload per slot (an upload is attached to one message only)."""
+    gate = asyncio.Semaphore(16)
+
+    async def one(slot: Slot) -> str:
+        async with gate:
+            return await slot.app.upload_image(PNG)
+
+    return list(await asyncio.gather(*(one(slot) for slot in slots)))
+
+
+async def run_app(slot: Slot, cfg: Config, res: StreamResult, answer: Answer,
+                  start_at: float, attachment: str | None = None) -> None:
+    """A1/A2: POST the prompt (with the uploaded image for A2), read the frames to the end."""
     await _sleep_until(start_at)
     slot.begin()
     seq: int | None = None
     res.t_send = time.monotonic()
     try:
         async with asyncio.timeout(cfg.timeout):
-            response = await slot.app.post_message(slot.conversation, cfg.prompt(res.tag))
+            response = await slot.app.post_message(slot.conversation, cfg.prompt(res.tag),
+                                                   [attachment] if attachment else ())
             res.t_response = time.monotonic()
             if response.status_code not in (200, 201):
                 res.error = f"post_{response.status_code}"
@@ -673,11 +990,12 @@ async def run_a1(slot: Slot, cfg: Config, res: StreamResult, answer: Answer,
     except (httpx.HTTPError, ConnectionError) as exc:
         res.error = f"transport_{type(exc).__name__}"
     frames = slot.end()
+    slot.answers += 1
     if seq is not None:
-        _analyse_a1(res, frames, seq, answer)
+        _analyse_app(res, frames, seq, answer)
 
 
-def _analyse_a1(res: StreamResult, frames: list[Frame], seq: int, answer: Answer) -> None:
+def _analyse_app(res: StreamResult, frames: list[Frame], seq: int, answer: Answer) -> None:
     """Deltas -> per-token arrival; bytes and frames; text and offsets checked."""
     res.wire_bytes = sum(size for _t, size, _f in frames)
     res.frames = len(frames)
@@ -713,6 +1031,10 @@ def _analyse_a1(res: StreamResult, frames: list[Frame], seq: int, answer: Answer
         res.arrivals = _token_arrivals(ends, answer.ends_u16)
 
 
+def delivered_text(frames: list[Frame], seq: int) -> str:
+    return "".join(str(f[3]) for _t, _s, f in frames if isinstance(f, list) and f[:2] == ["d", seq])
+
+
 def _token_arrivals(ends: list[tuple[float, int]], token_ends: Sequence[int]) -> list[float]:
     """A token has arrived with the first delta whose end reaches the token's end."""
     arrivals: list[float] = []
@@ -731,11 +1053,18 @@ class Batch:
     k: int
     round: int
     wall: float
-    app_cpu: float
+    daphne_cpu: float
+    worker_cpu: float  # the Celery worker (0 on the embedded stack)
     bench_cpu: float  # this process (the load generator)
     emulator_cpu: float
     app_rss_kib: int | None
+    worker_rss_kib: int | None
     streams: list[StreamResult]
+
+    @property
+    def app_cpu(self) -> float:
+        """The app is every process of it: daphne plus the worker."""
+        return self.daphne_cpu + self.worker_cpu
 
 
 class Bench:
@@ -743,16 +1072,30 @@ class Bench:
         self.cfg = cfg
         self.stack = stack
         self.run_id = secrets.token_hex(3)
-        self.answer: Answer | None = None
+        self.answer: Answer | None = None  # A0 and A1
+        self.vision_answer: Answer | None = None  # A2
         self.batches: list[Batch] = []
+        self.levels_run: list[tuple[int, tuple[str, ...]]] = []
+        self.capacity: dict[str, Any] | None = None
+        self.serial = 0  # numbers the conversations' tags
         self.emu = httpx.AsyncClient(base_url=stack.emu_url, timeout=60.0,
                                      limits=httpx.Limits(max_connections=max(cfg.ks) + 10))
+
+    def answer_for(self, arm: str) -> Answer:
+        answer = self.vision_answer if arm == "A2" else self.answer
+        assert answer is not None
+        return answer
 
     def tag(self, arm: str, k: int, rnd: int, index: int) -> str:
         return f"bench-{self.run_id}-{arm.lower()}-{k}-{rnd}-{index}"
 
-    def _cpu(self) -> tuple[float, float, float]:
-        return (cpu_seconds(self.stack.pid("app")), cpu_seconds(os.getpid()),
+    def conversation_tag(self, arm: str, k: int) -> str:
+        self.serial += 1
+        return f"bench-{self.run_id}-conv-{arm.lower()}-{k}-{self.serial}"
+
+    def _cpu(self) -> tuple[float, float, float, float]:
+        daphne, worker = self.stack.app_cpu()
+        return (daphne, worker, cpu_seconds(os.getpid()),
                 cpu_seconds(self.stack.pid("emulator")))
 
     async def learn_answer(self) -> Answer:
@@ -766,10 +1109,68 @@ class Bench:
         self.answer = make_answer(texts)
         return self.answer
 
+    async def learn_vision_answer(self) -> Answer:
+        """A2's answer: one unpaced vision answer through the app (worker and all), then the
+        model call it made replayed to the emulator directly for the token boundaries."""
+        cfg = self.cfg
+        tag = f"bench-{self.run_id}-a2-warmup"
+        transport = httpx.AsyncHTTPTransport()
+        app = AppClient(self.stack.app_url, transport, self.stack.sessions[0])
+        try:
+            slot = await open_slot(app, cfg, cfg.vision_model, self.conversation_tag("A2", 0))
+            try:
+                attachment = await app.upload_image(PNG)
+                slot.begin()
+                response = await app.post_message(
+                    slot.conversation, cfg.prompt(tag, f"[[emu:tokens n={cfg.tokens} ttft=0]]"),
+                    [attachment])
+                if response.status_code not in (200, 201):
+                    raise RuntimeError(f"vision warm-up: POST answered {response.status_code}")
+                seq = int(response.json()["assistant"]["seq"])
+                await asyncio.wait_for(slot.wait_terminal({seq}), cfg.timeout)
+                text, status = delivered_text(slot.end(), seq), slot.terminal[seq]
+            finally:
+                await slot.close()
+        except (TimeoutError, ConnectionError) as exc:
+            raise RuntimeError(f"vision warm-up did not end ({type(exc).__name__})") from None
+        finally:
+            await transport.aclose()
+        record = (await self._recorded()).get(tag)
+        await self.emu.post("/_emulator/reset", json={})
+        if status != "complete" or record is None:
+            raise RuntimeError(f"vision warm-up: status {status}, model call seen: "
+                               f"{record is not None}")
+        return await self._replay_vision(record, text)
+
+    async def _replay_vision(self, record: dict[str, Any], text: str) -> Answer:
+        body, path = record.get("json"), str(record.get("path", ""))
+        if not isinstance(body, dict):
+            raise RuntimeError("vision warm-up: no JSON body recorded")
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or "image" not in body or "/ai/run/" not in path:
+            raise RuntimeError("vision warm-up: the app sent no image prompt to Cloudflare")
+        if re.search(r"<\d+ chars>$", prompt):
+            raise RuntimeError("vision warm-up: the recorded prompt is elided")
+        res = StreamResult("A2", 0, 0, 0, "bench-replay")
+        # The recorded image is elided; any image gives the same answer.
+        texts = await run_a0(self.emu, self.stack.emu_url, self.cfg, res, None, 0.0,
+                             body={**body, "image": list(PNG)},
+                             model=path.split("/ai/run/", 1)[1])
+        await self.emu.post("/_emulator/reset", json={})
+        if res.error or len(texts) != self.cfg.tokens or "".join(texts) != text:
+            raise RuntimeError(f"vision answer replay differs from the app's: {res.error}, "
+                               f"{len(texts)} tokens")
+        self.vision_answer = make_answer(texts)
+        return self.vision_answer
+
     async def batch(self, arm: str, k: int, rnd: int, slots: list[Slot]) -> Batch:
-        assert self.answer is not None
-        answer = self.answer
-        results = [StreamResult(arm, k, rnd, i, self.tag(arm, k, rnd, i)) for i in range(k)]
+        answer = self.answer_for(arm)
+        results = [StreamResult(arm, k, rnd, i, self.tag(arm, k, rnd, i),
+                                slot_tag=slots[i].tag if slots else "") for i in range(k)]
+        # A2's images are uploaded before the clock starts, as a person attaches one before
+        # pressing Send.
+        attachments: list[str | None] = (list(await upload_images(slots)) if arm == "A2"
+                                         else [None] * k)
         cpu0 = self._cpu()
         t0 = time.monotonic() + 0.05
         starts = [t0 + self.cfg.spread * i / k for i in range(k)]
@@ -778,62 +1179,133 @@ class Bench:
             jobs = [run_a0(self.emu, self.stack.emu_url, self.cfg, res, answer, start)
                     for res, start in zip(results, starts, strict=True)]
         else:
-            jobs = [run_a1(slot, self.cfg, res, answer, start)
-                    for slot, res, start in zip(slots, results, starts, strict=True)]
+            jobs = [run_app(slot, self.cfg, res, answer, start, attachment)
+                    for slot, res, start, attachment
+                    in zip(slots, results, starts, attachments, strict=True)]
         await asyncio.gather(*jobs)
         wall = time.monotonic() - t0
-        app_cpu, bench_cpu, emulator_cpu = (b - a for a, b in zip(cpu0, self._cpu(),
-                                                                  strict=True))
+        daphne, worker, bench, emulator = (b - a for a, b in zip(cpu0, self._cpu(),
+                                                                 strict=True))
         await self._attach_upstream(results)
-        batch = Batch(arm, k, rnd, wall, app_cpu, bench_cpu, emulator_cpu,
-                      rss_kib(self.stack.pid("app")), results)
+        batch = Batch(arm, k, rnd, wall, daphne, worker, bench, emulator,
+                      *self.stack.app_rss(), results)
         self.batches.append(batch)
         return batch
 
-    async def _attach_upstream(self, results: list[StreamResult]) -> None:
-        """The emulator's arrival time of each stream's model call, found by the prompt's tag."""
+    async def _recorded(self) -> dict[str, dict[str, Any]]:
+        """The emulator's model calls since its last reset, by every tag in their prompt."""
         reply = await self.emu.get("/_emulator/requests", params={"vendor": "cloudflare"})
-        arrivals: dict[str, float] = {}
+        calls: dict[str, dict[str, Any]] = {}
         for record in reply.json()["requests"]:
-            tag = _tag_of(record.get("json"))
-            if record.get("endpoint") == "model" and tag:
-                arrivals[tag] = float(record["t"])
+            if record.get("endpoint") == "model":
+                for tag in _tags_of(record.get("json")):
+                    calls[tag] = record
+        return calls
+
+    async def _attach_upstream(self, results: list[StreamResult]) -> None:
+        """The emulator's arrival time of each stream's model call, found by the prompt's tag,
+        or, for A2, by the tag of the conversation's first message: the vision prompt is the
+        whole conversation, which the emulator's recording cuts to its first 200 characters
+        once it is long (one stream per conversation per batch, so it is unambiguous)."""
+        calls = await self._recorded()
         await self.emu.post("/_emulator/reset", json={})
         for res in results:
-            res.t_upstream = arrivals.get(res.tag)
+            record = calls.get(res.tag) or (calls.get(res.slot_tag) if res.slot_tag else None)
+            res.t_upstream = float(record["t"]) if record is not None else None
             if res.t_upstream is None and not res.error:
                 res.error = "no_upstream_call"
+            elif record is not None and res.arm == "A2" and not record.get("image_bytes") \
+                    and not res.error:
+                res.error = "no_image"  # the vision answer went out without its image
 
-    async def level(self, k: int, log: Callable[[str], None]) -> None:
+    async def _renew(self, slots: list[Slot], arm: str, k: int) -> None:
+        for index, slot in enumerate(slots):
+            if slot.answers >= SLOT_ROUNDS:
+                await slot.close()
+                slots[index] = await open_slot(slot.app, self.cfg, self.cfg.model_for(arm),
+                                               f"{self.conversation_tag(arm, k)}-{index}")
+
+    async def level(self, k: int, arms: tuple[str, ...], log: Callable[[str], None]) -> None:
         limits = httpx.Limits(max_connections=k + 10, max_keepalive_connections=k + 10)
         transport = httpx.AsyncHTTPTransport(limits=limits)  # one pool for the K users
         apps = [AppClient(self.stack.app_url, transport, key)
                 for key in self.stack.sessions[:k]]
-        slots: list[Slot] = []
+        slots: dict[str, list[Slot]] = {}
+        rounds = self.cfg.rounds(k)
         try:
-            slots = await open_slots(apps, self.cfg)
-            for rnd in range(self.cfg.repeat):
-                for arm in ("A0", "A1"):
-                    batch = await self.batch(arm, k, rnd, slots)
+            for arm in arms[1:]:  # each user has one tab per through-the-app arm
+                slots[arm] = await open_slots(apps, self.cfg, self.cfg.model_for(arm),
+                                              self.conversation_tag(arm, k))
+            for rnd in range(rounds):
+                for arm in arms:
+                    await self._renew(slots.get(arm, []), arm, k)
+                    batch = await self.batch(arm, k, rnd, slots.get(arm, []))
                     errors = sum(1 for s in batch.streams if s.error)
-                    log(f"K={k:<4} round {rnd + 1}/{self.cfg.repeat} {arm}: "
+                    log(f"K={k:<4} round {rnd + 1}/{rounds} {arm}: "
                         f"{batch.wall:5.1f}s, {errors} errors")
         finally:
-            await asyncio.gather(*(slot.close() for slot in slots), return_exceptions=True)
+            await asyncio.gather(*(slot.close() for group in slots.values() for slot in group),
+                                 return_exceptions=True)
             await transport.aclose()
+        self.levels_run.append((k, arms))
+
+    def summaries(self, k: int, arms: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return {arm: summarise(self.cfg, arm, [b for b in self.batches
+                                               if b.k == k and b.arm == arm],
+                               self.answer_for(arm)) for arm in arms}
+
+    async def capacity_search(self, log: Callable[[str], None]) -> None:
+        """K = 1, 2, 4, ...: an arm stops at its first failing level; the search stops when
+        no arm is left (or at --k-max)."""
+        active = list(self.cfg.app_arms)
+        result: dict[str, dict[str, Any]] = {
+            arm: {"capacity": 0, "first_failing_k": None, "reasons": []} for arm in active}
+        levels = []
+        for k in self.cfg.ks:
+            arms = ("A0", *active)
+            await self.level(k, arms, log)
+            sums = self.summaries(k, arms)
+            a0 = sums["A0"]
+            row: dict[str, Any] = {
+                "k": k, "rounds": self.cfg.rounds(k), "arms": {},
+                "a0": {"rate_p5": a0["delivered_rate_vs_requested"]["p5"],
+                       "errors": a0["errors"],
+                       "load_core_pct_max_batch": a0["load_core_pct_max_batch"]}}
+            for arm in arms[1:]:
+                verdict = judge(compare(self.cfg, a0, sums[arm]), sums[arm])
+                row["arms"][arm] = verdict
+                log(f"K={k:<4} {arm}: {'pass' if verdict['pass'] else 'FAIL'} "
+                    + "; ".join(verdict["reasons"]))
+                if verdict["pass"]:
+                    result[arm]["capacity"] = k
+                else:
+                    result[arm].update(first_failing_k=k, reasons=verdict["reasons"])
+                    active.remove(arm)
+            levels.append(row)
+            if not active:
+                break
+        for outcome in result.values():
+            outcome["reached_k_max"] = outcome["first_failing_k"] is None
+        self.capacity = {"criteria": CAPACITY_CRITERIA, "k_max": self.cfg.k_max,
+                         "levels": levels, "result": result}
 
     async def aclose(self) -> None:
         await self.emu.aclose()
 
 
-def _tag_of(body: Any) -> str | None:
-    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-        return None
+def _tags_of(body: Any) -> list[str]:
+    """Tags in a model call: the last user message (messages shape), or the whole prompt (the
+    vision shape, the conversation flattened into one prompt)."""
+    if not isinstance(body, dict):
+        return []
+    if isinstance(body.get("prompt"), str):
+        return TAG_RE.findall(body["prompt"])
+    if not isinstance(body.get("messages"), list):
+        return []
     for message in reversed(body["messages"]):
         if isinstance(message, dict) and message.get("role") == "user":
-            match = TAG_RE.search(json.dumps(message.get("content"), ensure_ascii=False))
-            return match.group(1) if match else None
-    return None
+            return TAG_RE.findall(json.dumps(message.get("content"), ensure_ascii=False))
+    return []
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -877,8 +1349,9 @@ def summarise(cfg: Config, arm: str, batches: list[Batch], answer: Answer) -> di
     for s in streams:
         if s.error:
             errors[s.error] = errors.get(s.error, 0) + 1
+    rate_p5 = quantile(rates, 0.05)
     out: dict[str, Any] = {
-        "streams": len(streams), "ok": len(good), "errors": sum(errors.values()),
+        "arm": arm, "streams": len(streams), "ok": len(good), "errors": sum(errors.values()),
         "error_kinds": errors,
         "ttft_from_send_ms": _dist_ms(ttft_send),
         "ttft_from_first_ts_ms": _dist_ms(ttft_ts),
@@ -888,12 +1361,15 @@ def summarise(cfg: Config, arm: str, batches: list[Batch], answer: Answer) -> di
         "wire_per_text_byte": _ratio(sum(s.wire_bytes for s in good),
                                      answer.text_bytes * len(good)),
         "frames_per_s": {"p50": _round(quantile(fps, 0.5)), "max": _round(max(fps, default=0))},
-        "delivered_rate": {"p50": _round(quantile(rates, 0.5)), "min": _round(min(rates,
-                                                                               default=0))},
+        "delivered_rate": {"p50": _round(quantile(rates, 0.5)), "p5": _round(rate_p5),
+                           "min": _round(min(rates, default=0))},
         "delivered_rate_vs_requested": {"p50": _ratio(quantile(rates, 0.5) or 0, cfg.rate),
+                                        "p5": _ratio(rate_p5 or 0, cfg.rate),
                                         "min": _ratio(min(rates, default=0), cfg.rate)},
         "tokens_delivered": tokens,
         "app_cpu_s": round(app_cpu, 3),
+        "daphne_cpu_s": round(sum(b.daphne_cpu for b in batches), 3),
+        "worker_cpu_s": round(sum(b.worker_cpu for b in batches), 3),
         "app_cpu_us_per_token": round(app_cpu / tokens * 1e6, 1) if tokens else None,
         "app_core_pct": round(100 * app_cpu / wall, 1) if wall else None,
         "load_core_pct": _pct(sum(b.bench_cpu + b.emulator_cpu for b in batches), wall),
@@ -902,25 +1378,25 @@ def summarise(cfg: Config, arm: str, batches: list[Batch], answer: Answer) -> di
         "load_core_pct_max_batch": max((_pct(b.bench_cpu + b.emulator_cpu, b.wall) or 0
                                         for b in batches), default=None),
         "app_rss_kib_end": batches[-1].app_rss_kib if batches else None,
+        "worker_rss_kib_end": batches[-1].worker_rss_kib if batches else None,
         "wall_s": round(wall, 2),
     }
-    if arm == "A1":
-        kinds: dict[str, int] = {}
-        for s in good:
-            for kind, size in s.wire_by_kind.items():
-                kinds[kind] = kinds.get(kind, 0) + size
-        out["wire_per_text_byte_by_kind"] = {kind: _ratio(size, answer.text_bytes * len(good))
-                                             for kind, size in sorted(kinds.items())}
     if arm == "A0":
         out["arrival_minus_ts_ms"] = _dist_ms([a - t for s in good
                                                for a, t in zip(s.arrivals, s.ts, strict=True)])
         out["emulator_lateness_ms"] = _dist_ms([t - _due(s, cfg, i) for s in good
                                                 for i, t in enumerate(s.ts)])
-    else:
-        out["post_response_ms"] = _dist_ms([s.t_response - s.t_send for s in good
-                                            if s.t_response is not None])
-        out["post_to_upstream_ms"] = _dist_ms([s.t_upstream - s.t_send for s in good
-                                               if s.t_upstream is not None])
+        return out
+    kinds: dict[str, int] = {}
+    for s in good:
+        for kind, size in s.wire_by_kind.items():
+            kinds[kind] = kinds.get(kind, 0) + size
+    out["wire_per_text_byte_by_kind"] = {kind: _ratio(size, answer.text_bytes * len(good))
+                                         for kind, size in sorted(kinds.items())}
+    out["post_response_ms"] = _dist_ms([s.t_response - s.t_send for s in good
+                                        if s.t_response is not None])
+    out["post_to_upstream_ms"] = _dist_ms([s.t_upstream - s.t_send for s in good
+                                           if s.t_upstream is not None])
     return out
 
 
@@ -932,26 +1408,61 @@ def _round(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def _diff(a1: dict[str, Any], a0: dict[str, Any], key: str, q: str,
+def _diff(one: dict[str, Any], a0: dict[str, Any], key: str, q: str,
           minus: float = 0.0) -> float | None:
-    one, zero = a1[key][q], a0[key][q]
-    return None if one is None or zero is None else round(one - minus - zero, 3)
+    mine, zero = one[key][q], a0[key][q]
+    return None if mine is None or zero is None else round(mine - minus - zero, 3)
 
 
-def compare(cfg: Config, a0: dict[str, Any], a1: dict[str, Any]) -> dict[str, Any]:
+def compare(cfg: Config, a0: dict[str, Any], arm: dict[str, Any]) -> dict[str, Any]:
+    """What the app adds: an arm's summary against A0 of the same level."""
     window_ms = float(cfg.window_ms)
     return {
-        "added_ttft_ms": {q: _diff(a1, a0, "ttft_from_send_ms", q) for q in ("p50", "p99")},
-        "added_ttft_from_first_ts_ms": {q: _diff(a1, a0, "ttft_from_first_ts_ms", q)
+        "added_ttft_ms": {q: _diff(arm, a0, "ttft_from_send_ms", q) for q in ("p50", "p99")},
+        "added_ttft_from_first_ts_ms": {q: _diff(arm, a0, "ttft_from_first_ts_ms", q)
                                         for q in ("p50", "p99")},
         "added_token_delay_beyond_window_ms": {
-            q: _diff(a1, a0, "token_delay_ms", q, window_ms) for q in ("p50", "p99")},
-        "wire_per_text_byte": a1["wire_per_text_byte"],
-        "frames_per_s": a1["frames_per_s"],
-        "delivered_rate_vs_requested": a1["delivered_rate_vs_requested"],
-        "app_cpu_us_per_token": a1["app_cpu_us_per_token"],
-        "errors": {"A0": a0["errors"], "A1": a1["errors"]},
+            q: _diff(arm, a0, "token_delay_ms", q, window_ms) for q in ("p50", "p99")},
+        "wire_per_text_byte": arm["wire_per_text_byte"],
+        "frames_per_s": arm["frames_per_s"],
+        "delivered_rate_vs_requested": arm["delivered_rate_vs_requested"],
+        "app_cpu_us_per_token": arm["app_cpu_us_per_token"],
+        "errors": {"A0": a0["errors"], arm["arm"]: arm["errors"]},
     }
+
+
+CAPACITY_CRITERIA = {
+    "added_ttft_from_first_ts_p99_ms_max": CAPACITY_ADDED_MS,
+    "added_token_delay_beyond_window_p99_ms_max": CAPACITY_ADDED_MS,
+    "delivered_rate_vs_requested_p5_min": CAPACITY_RATE,
+    "failed_streams_max": 0,
+    "rate_statistic": "5th percentile over the level's completed streams of each stream's "
+                      "(tokens - 1) / (last arrival - first arrival), divided by the requested "
+                      "rate",
+}
+
+
+def judge(added: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """One level of the capacity search for one arm: pass, or why not."""
+    ttft = added["added_ttft_from_first_ts_ms"]["p99"]
+    tok = added["added_token_delay_beyond_window_ms"]["p99"]
+    rate = summary["delivered_rate_vs_requested"]["p5"]
+    reasons = []
+    if ttft is None or ttft > CAPACITY_ADDED_MS:
+        reasons.append(f"+TTFT@ts p99 {_num(ttft, '.0f')} ms > {CAPACITY_ADDED_MS:g}")
+    if tok is None or tok > CAPACITY_ADDED_MS:
+        reasons.append(f"+tok p99 {_num(tok, '.0f')} ms > {CAPACITY_ADDED_MS:g}")
+    if not summary["ok"] or rate < CAPACITY_RATE:
+        reasons.append(f"rate/R p5 {_num(rate, '.3f')} < {CAPACITY_RATE:g}")
+    if summary["errors"]:
+        reasons.append(f"{summary['errors']} failed stream(s): "
+                       + ", ".join(f"{kind} x{n}" for kind, n in summary["error_kinds"].items()))
+    return {"pass": not reasons, "reasons": reasons,
+            "added_ttft_from_first_ts_p99_ms": ttft, "added_token_delay_p99_ms": tok,
+            "rate_p5": rate if summary["ok"] else None, "errors": summary["errors"],
+            "streams": summary["streams"], "app_core_pct": summary["app_core_pct"],
+            "app_cpu_us_per_token": summary["app_cpu_us_per_token"],
+            "load_core_pct_max_batch": summary["load_core_pct_max_batch"]}
 
 
 def targets(k: int, added: dict[str, Any]) -> dict[str, bool | None]:
@@ -1006,13 +1517,8 @@ def _num(value: Any, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def render_table(cfg: Config, report: dict[str, Any]) -> str:
-    env = report["environment"]
+def _arm_rows(report: dict[str, Any]) -> list[str]:
     lines = [
-        f"Relay benchmark: {cfg.tokens} tokens at {cfg.rate:g}/s, ttft {cfg.ttft:g}s, "
-        f"{cfg.repeat} round(s) per K, starts spread over {cfg.spread:g}s, "
-        f"coalescing window {cfg.window_ms} ms, pinned: {env['pinned']}",
-        "",
         "Per arm (times in ms; TTFT@send from request/POST sent, TTFT@ts from the first "
         "token's emulator send slot; tok = arrival - send slot, every token)",
         f"{'K':>4} {'arm':<3} {'streams':>7} {'err':>4} {'TTFT@send p50/p99':>18} "
@@ -1020,35 +1526,94 @@ def render_table(cfg: Config, report: dict[str, Any]) -> str:
         f"{'rate/R min':>10} {'app us/tok':>10} {'app %':>6} {'load %':>6}",
     ]
     for level in report["levels"]:
-        for arm in ("A0", "A1"):
-            s = level["arms"][arm]
+        for arm, s in level["arms"].items():
+            app = arm != "A0"
             lines.append(
                 f"{level['k']:>4} {arm:<3} {s['streams']:>7} {s['errors']:>4} "
                 f"{_pair(s['ttft_from_send_ms']):>18} {_pair(s['ttft_from_first_ts_ms']):>16} "
                 f"{_pair(s['token_delay_ms']):>14} "
-                f"{_num(s['wire_per_text_byte']) if arm == 'A1' else '-':>8} "
+                f"{_num(s['wire_per_text_byte']) if app else '-':>8} "
                 f"{_num(s['frames_per_s']['p50'], '.1f'):>8} "
                 f"{_num(s['delivered_rate_vs_requested']['min'], '.3f'):>10} "
-                f"{_num(s['app_cpu_us_per_token'], '.0f') if arm == 'A1' else '-':>10} "
+                f"{_num(s['app_cpu_us_per_token'], '.0f') if app else '-':>10} "
                 f"{_num(s['app_core_pct'], '.0f'):>6} {_num(s['load_core_pct'], '.0f'):>6}")
-    lines += [
-        "",
-        "Added by the app (A1 - A0 of the same run, ms; token delay minus the window)",
-        f"{'K':>4} {'+TTFT p50/p99':>16} {'+TTFT@ts p50/p99':>17} {'+tok p50/p99':>14} "
-        f"{'POST p50/p99':>14} {'POST->upstream p50/p99':>23} {'errors A0/A1':>13}",
+    return lines
+
+
+def _added_rows(report: dict[str, Any]) -> list[str]:
+    lines = [
+        "Added by the app (arm - A0 of the same run, ms; token delay minus the window)",
+        f"{'K':>4} {'arm':<3} {'+TTFT p50/p99':>16} {'+TTFT@ts p50/p99':>17} "
+        f"{'+tok p50/p99':>14} {'POST p50/p99':>14} {'POST->upstream p50/p99':>23} "
+        f"{'errors A0/arm':>13}",
     ]
     for level in report["levels"]:
-        added, a1 = level["added"], level["arms"]["A1"]
-        lines.append(
-            f"{level['k']:>4} {_pair(added['added_ttft_ms']):>16} "
-            f"{_pair(added['added_ttft_from_first_ts_ms']):>17} "
-            f"{_pair(added['added_token_delay_beyond_window_ms']):>14} "
-            f"{_pair(a1['post_response_ms']):>14} {_pair(a1['post_to_upstream_ms']):>23} "
-            f"{added['errors']['A0']:>6}/{added['errors']['A1']:<6}")
-    failed = [f"K={lv['k']}: {name}" for lv in report["levels"]
-              for name, ok in lv["targets"].items() if ok is False]
+        for arm, added in level["added_by_arm"].items():
+            s = level["arms"][arm]
+            lines.append(
+                f"{level['k']:>4} {arm:<3} {_pair(added['added_ttft_ms']):>16} "
+                f"{_pair(added['added_ttft_from_first_ts_ms']):>17} "
+                f"{_pair(added['added_token_delay_beyond_window_ms']):>14} "
+                f"{_pair(s['post_response_ms']):>14} {_pair(s['post_to_upstream_ms']):>23} "
+                f"{added['errors']['A0']:>6}/{added['errors'][arm]:<6}")
+    return lines
+
+
+def _capacity_rows(cfg: Config, capacity: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Capacity search (K doubling to {cfg.k_max}): a level passes when +TTFT@ts p99 and "
+        f"+tok p99 <= {CAPACITY_ADDED_MS:g} ms, p5 of per-stream rate/R >= "
+        f"{CAPACITY_RATE:g} and no stream failed",
+        f"{'K':>4} {'rounds':>6} {'arm':<3} {'+TTFT@ts p99':>12} {'+tok p99':>9} "
+        f"{'rate/R p5':>9} {'err':>4} {'app us/tok':>10} {'app %':>6} {'A0 rate p5':>10} "
+        f"{'load %max':>9}  verdict",
+    ]
+    for level in capacity["levels"]:
+        a0 = level["a0"]
+        for arm, v in level["arms"].items():
+            lines.append(
+                f"{level['k']:>4} {level['rounds']:>6} {arm:<3} "
+                f"{_num(v['added_ttft_from_first_ts_p99_ms'], '.1f'):>12} "
+                f"{_num(v['added_token_delay_p99_ms'], '.1f'):>9} "
+                f"{_num(v['rate_p5'], '.3f'):>9} {v['errors']:>4} "
+                f"{_num(v['app_cpu_us_per_token'], '.0f'):>10} "
+                f"{_num(v['app_core_pct'], '.0f'):>6} {_num(a0['rate_p5'], '.3f'):>10} "
+                f"{_num(a0['load_core_pct_max_batch'], '.0f'):>9}  "
+                + ("pass" if v["pass"] else "FAIL: " + "; ".join(v["reasons"])))
+    for arm, outcome in capacity["result"].items():
+        if outcome["reached_k_max"]:
+            lines.append(f"Capacity {arm}: >= {outcome['capacity']} (every level up to "
+                         f"--k-max passed)")
+        else:
+            lines.append(f"Capacity {arm}: {outcome['capacity']} (K={outcome['first_failing_k']}"
+                         f" failed: {'; '.join(outcome['reasons'])})")
+    return lines
+
+
+def render_table(cfg: Config, report: dict[str, Any]) -> str:
+    env = report["environment"]
+    stack = ("Redis stack (PostgreSQL, Redis channel layer, Celery worker: "
+             f"{cfg.worker_pool} x {cfg.worker_concurrency})" if cfg.redis
+             else "embedded stack (SQLite, in-memory channel layer)")
+    lines = [
+        f"Relay benchmark: {cfg.tokens} tokens at {cfg.rate:g}/s, ttft {cfg.ttft:g}s, "
+        + (f"{cfg.repeat} round(s) per K" if not cfg.capacity
+           else f"up to {cfg.repeat} round(s) per K") + ", "
+        f"starts spread over {cfg.spread:g}s, coalescing window {cfg.window_ms} ms, "
+        f"pinned: {env['pinned']}",
+        f"Arms {','.join(cfg.arms)} on the {stack}",
+        "",
+        *_arm_rows(report),
+        "",
+        *_added_rows(report),
+    ]
+    if report.get("capacity"):
+        lines += ["", *_capacity_rows(cfg, report["capacity"])]
+    failed = [f"K={lv['k']} {arm}: {name}" for lv in report["levels"]
+              for arm, checks in lv["targets_by_arm"].items()
+              for name, ok in checks.items() if ok is False]
     lines += ["", "Targets missed: " + (", ".join(failed) if failed else "none")]
-    busy = [f"K={lv['k']} {arm}" for lv in report["levels"] for arm in ("A0", "A1")
+    busy = [f"K={lv['k']} {arm}" for lv in report["levels"] for arm in lv["arms"]
             if (lv["arms"][arm]["load_core_pct_max_batch"] or 0) > 70]
     if busy:
         lines.append("Load side above 70% of its core in: " + ", ".join(busy)
@@ -1062,37 +1627,54 @@ def render_table(cfg: Config, report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _answer_info(answer: Answer | None) -> dict[str, Any] | None:
+    if answer is None:
+        return None
+    return {"tokens": len(answer.tokens), "text_bytes": answer.text_bytes,
+            "text_u16": answer.ends_u16[-1], "text_head": answer.text[:48]}
+
+
 def build_report(cfg: Config, bench: Bench, stack: Stack, started: str, wall: float,
                  loadavg: tuple[float, ...]) -> dict[str, Any]:
-    assert bench.answer is not None
     levels = []
-    for k in cfg.ks:
-        arms = {arm: summarise(cfg, arm, [b for b in bench.batches if b.k == k and b.arm == arm],
-                               bench.answer) for arm in ("A0", "A1")}
-        added = compare(cfg, arms["A0"], arms["A1"])
-        levels.append({"k": k, "arms": arms, "added": added, "targets": targets(k, added),
+    for k, arms in bench.levels_run:
+        sums = bench.summaries(k, arms)
+        added = {arm: compare(cfg, sums["A0"], sums[arm]) for arm in arms[1:]}
+        checks = {arm: targets(k, one) for arm, one in added.items()}
+        first = arms[1]  # A1 when it ran: `added` and `targets` keep their earlier meaning
+        levels.append({"k": k, "rounds": cfg.rounds(k), "arms": sums,
+                       "added": added[first], "targets": checks[first],
+                       "added_by_arm": added, "targets_by_arm": checks,
                        "batches": [{"arm": b.arm, "round": b.round, "wall_s": round(b.wall, 3),
                                     "app_cpu_s": round(b.app_cpu, 3),
+                                    "daphne_cpu_s": round(b.daphne_cpu, 3),
+                                    "worker_cpu_s": round(b.worker_cpu, 3),
                                     "bench_cpu_s": round(b.bench_cpu, 3),
                                     "emulator_cpu_s": round(b.emulator_cpu, 3),
-                                    "app_rss_kib": b.app_rss_kib}
+                                    "app_rss_kib": b.app_rss_kib,
+                                    "worker_rss_kib": b.worker_rss_kib}
                                    for b in bench.batches if b.k == k]})
     config = {key: (str(value) if isinstance(value, Path) else value)
               for key, value in asdict(cfg).items()}
-    return {
+    report: dict[str, Any] = {
         "benchmark": "relay", "started": started, "wall_s": round(wall, 1), "config": config,
-        "answer": {"tokens": len(bench.answer.tokens), "text_bytes": bench.answer.text_bytes,
-                   "text_u16": bench.answer.ends_u16[-1]},
-        "environment": {"cpus": os.cpu_count(), "pinned": stack.pinned,
+        "answer": _answer_info(bench.answer),
+        "answer_vision": _answer_info(bench.vision_answer),
+        "environment": {"cpus": os.cpu_count(), "pinned": stack.pinned, "stack": cfg.stack,
+                        "worker": ({"pool": cfg.worker_pool,
+                                    "concurrency": cfg.worker_concurrency}
+                                   if cfg.worker_concurrency else None),
                         "python": platform.python_version(), "httpx": httpx.__version__,
                         "websockets": websockets.__version__, "platform": platform.platform(),
                         # Other processes on the machine skew a run: compare with `cpus`.
                         "loadavg_1m_start_end": [round(loadavg[0], 2),
                                                  round(os.getloadavg()[0], 2)]},
         "levels": levels,
+        "capacity": bench.capacity,
         "app_log": stack.app_log_summary(),
         "streams": stream_rows(cfg, bench.batches),
     }
+    return report
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -1101,8 +1683,14 @@ async def measure(cfg: Config, stack: Stack, log: Callable[[str], None]) -> Benc
     try:
         answer = await bench.learn_answer()
         log(f"answer: {len(answer.tokens)} tokens, {answer.text_bytes} bytes")
-        for k in cfg.ks:
-            await bench.level(k, log)
+        if "A2" in cfg.arms:
+            vision = await bench.learn_vision_answer()
+            log(f"vision answer: {len(vision.tokens)} tokens, {vision.text_bytes} bytes")
+        if cfg.capacity:
+            await bench.capacity_search(log)
+        else:
+            for k in cfg.ks:
+                await bench.level(k, cfg.arms, log)
     finally:
         await bench.aclose()
     return bench
@@ -1117,7 +1705,7 @@ def _raise_exit(signum: int, _frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = parse_args(argv)
+    cfg = parse_args(argv, default_arms=ARMS)
     signal.signal(signal.SIGTERM, _raise_exit)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.monotonic()
@@ -1125,7 +1713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stack = Stack(cfg)
     try:
         _stderr(f"starting emulator :{stack.emu_port} and app :{stack.app_port} "
-                f"(var dir {cfg.var_dir})")
+                f"({cfg.stack} stack, var dir {cfg.var_dir})")
         stack.start()
         bench = asyncio.run(measure(cfg, stack, _stderr))
     except (RuntimeError, OSError, TimeoutError, httpx.HTTPError, InvalidHandshake,

@@ -187,7 +187,7 @@ def check_conversation(conversation: Any, size: int) -> None:
     """The selector must see the whole chain, or the benchmark measures a short page."""
     from conversations import selectors
 
-    path = selectors.active_path_ids(conversation)
+    path = selectors.thread(conversation, limit=size + 1).nodes
     shown = selectors.thread(conversation).nodes
     if len(path) != size or len(shown) != min(size, selectors.PAGE_SIZE):
         raise RuntimeError(f"conversation of {size}: active path {len(path)}, shown {len(shown)}")

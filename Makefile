@@ -56,7 +56,7 @@ test: install-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install-dev
-	$(PY) bench/relay.py $(BENCH_ARGS)
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 worker: install
 	$(VENV)/bin/celery -A chatsite worker --loglevel=INFO --concurrency=$${CELERY_CONCURRENCY:-4}

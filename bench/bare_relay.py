@@ -1,7 +1,7 @@
 """Bare relay: the baseline of "CPU per relayed token" (docs/performance.md).
 
 The same Cloudflare SSE stream the app relays, relayed by a plain `websockets` server with no
-Django, Channels, database or Markdown: read the provider's stream, coalesce deltas over a 50 ms
+Django, Channels, database or Markdown: read the provider's stream, coalesce deltas over a 100 ms
 window (like the app's STREAM_COALESCE_MS), send `["d", seq, offset, text]` frames and a final
 `{"type": "state", "status": "complete"}`. The app's CPU per token must stay within 3x of this.
 
@@ -483,7 +483,7 @@ async def _warm_up(conns: list[ClientConnection], run_id: str, timeout: float) -
 
 
 async def measure(emu_url: str, k: int, tokens: int, rate: float, ttft: float, repeat: int,
-                  pin: bool, *, client: str = "httpx", spread: float = 1.0, window_ms: int = 50,
+                  pin: bool, *, client: str = "httpx", spread: float = 1.0, window_ms: int = 100,
                   timeout: float | None = None, emu_pid: int | None = None,
                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """K websocket clients stream `tokens` tokens at `rate`/s through a fresh bare relay,
@@ -626,7 +626,7 @@ def parse_bench(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, help="rounds per K (default 1)")
     parser.add_argument("--spread", type=float,
                         help="start the K streams evenly over this many s (default 1; quick 0.2)")
-    parser.add_argument("--window-ms", type=int, default=50, help="coalescing window (50)")
+    parser.add_argument("--window-ms", type=int, default=100, help="coalescing window (100)")
     parser.add_argument("--client", type=_clients, default=("httpx",),
                         help="the relay's upstream reader: httpx (default, as the app), raw "
                              "(bare asyncio HTTP/1.1), or httpx,raw for both")
@@ -747,7 +747,7 @@ def serve_main(argv: Sequence[str]) -> int:
     parser.add_argument("--upstream", required=True,
                         help="Cloudflare base URL, e.g. http://127.0.0.1:9100/client/v4")
     parser.add_argument("--client", choices=CLIENTS, default="httpx")
-    parser.add_argument("--window-ms", type=int, default=50)
+    parser.add_argument("--window-ms", type=int, default=100)
     args = parser.parse_args(argv)
     asyncio.run(serve_forever(args.port, args.upstream, args.client, args.window_ms))
     return 0

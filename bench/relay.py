@@ -231,8 +231,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "most rounds of a level (fewer above K=8)")
     add("--spread", type=float, help="start the K streams evenly over this many seconds, not "
                                      "as one burst (default 1.0; quick 0.2; 0 = burst)")
-    add("--window-ms", type=int, default=50,
-        help="the app's coalescing window (sets STREAM_COALESCE_MS; default 50)")
+    add("--window-ms", type=int, default=100,
+        help="the app's coalescing window (sets STREAM_COALESCE_MS; default 100 as the app)")
     add("--timeout", type=float,
         help="per-stream limit, s (default: ttft + tokens/rate + spread + 30)")
     add("--model", default="llama-3.2-3b", help="text model slug of A1 (a Cloudflare one)")

@@ -356,7 +356,7 @@ MAX_PROMPT_CHARS = env_int(ENV, "MAX_PROMPT_CHARS", 32_000, minimum=100)
 RATE_LIMIT_PER_MINUTE = env_int(ENV, "RATE_LIMIT_PER_MINUTE", 20, minimum=1)
 MAX_CONCURRENT_ANSWERS = env_int(ENV, "MAX_CONCURRENT_ANSWERS", 3, minimum=1)
 ALLOW_ANONYMOUS_SHARES = env_bool(ENV, "ALLOW_ANONYMOUS_SHARES", False)
-STREAM_COALESCE_MS = env_int(ENV, "STREAM_COALESCE_MS", 50, minimum=0)
+STREAM_COALESCE_MS = env_int(ENV, "STREAM_COALESCE_MS", 100, minimum=0)
 # Writers beat at least every third of this while waiting for a first token.
 GENERATION_STALE_SECONDS = env_int(ENV, "GENERATION_STALE_SECONDS", 45, minimum=5)
 IMAGE_MAX_BYTES = env_int(ENV, "IMAGE_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)

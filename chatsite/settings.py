@@ -178,8 +178,12 @@ if REDIS_URL:
             "CONFIG": {
                 # channels_redis blocks 5 s per read waiting for messages; redis-py 8 also
                 # times sockets out at 5 s by default, which broke idle readers. Wait longer.
+                # Every in-flight group_send holds a connection; redis-py 8's pools refuse the
+                # 101st with MaxConnectionsError (seen at 200 streams). Redis allows 10,000.
                 "hosts": [{"address": REDIS_URL, "socket_timeout": 30,
-                           "socket_connect_timeout": 5}],
+                           "socket_connect_timeout": 5,
+                           "max_connections": env_int(ENV, "REDIS_MAX_CONNECTIONS", 1000,
+                                                      minimum=10)}],
                 "capacity": env_int(ENV, "CHANNEL_CAPACITY", 500, minimum=10),
                 "expiry": 30,
             },

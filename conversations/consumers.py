@@ -6,6 +6,7 @@ are compact JSON arrays; everything else is a JSON object with a "type".
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -30,6 +31,13 @@ HARD_LAG_BYTES = 4 * 1024 * 1024
 
 
 _RELAY_ONLY = frozenset({events.DELTA, events.BLOCKS})
+
+try:  # daphne's websocket layer raises this when a frame is sent on a closed connection
+    from autobahn.exception import Disconnected as _AutobahnDisconnected
+
+    _DISCONNECTED: tuple[type[BaseException], ...] = (_AutobahnDisconnected,)
+except ImportError:  # another ASGI server
+    _DISCONNECTED = ()
 
 
 def decode_frame(text_data: str | None) -> dict[str, Any] | None:
@@ -225,7 +233,11 @@ class ConversationConsumer(AsyncWebsocketConsumer):
     async def _send(self, payload: Any) -> None:
         text = _dumps(payload)
         self.sent_bytes += len(text.encode())
-        await self.send(text_data=text)
+        # The browser may have left between the event and this frame. Raising would end this
+        # consumer before daphne's disconnect message reaches it, and its group memberships
+        # would outlive it (memory, and sends to a dead channel).
+        with contextlib.suppress(*_DISCONNECTED):
+            await self.send(text_data=text)
 
 
 @off_loop

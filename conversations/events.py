@@ -8,8 +8,12 @@ Groups:
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 DELTA = "msg.delta"  # {"seq", "offset", "text"}
 BLOCKS = "msg.blocks"  # {"seq", "upto", "html"}: newly completed Markdown blocks, rendered
@@ -35,12 +39,31 @@ def user_group(user_id: Any) -> str:
     return f"user.{int(user_id)}"
 
 
+# A lost live frame costs a viewer nothing (the next offset shows the gap and the page asks
+# for a snapshot); a lost final state leaves a page showing "writing". Those are retried.
+_RETRIED = frozenset({STATE, NEW, REVOKED})
+_RETRY_DELAYS = (0.05, 0.2, 0.5)
+
+
 async def publish(group: str, event: dict[str, Any]) -> None:
+    """Send `event` to `group`. Never raises: the channel layer being full or away must not
+    fail the answer being written (its text is saved regardless)."""
     from channels.layers import get_channel_layer
 
     layer = get_channel_layer()
-    if layer is not None:
-        await layer.group_send(group, event)
+    if layer is None:
+        return
+    delays = _RETRY_DELAYS if event.get("type") in _RETRIED else ()
+    for attempt in range(len(delays) + 1):
+        try:
+            await layer.group_send(group, event)
+            return
+        except Exception as exc:  # redis down, pool exhausted, ...
+            if attempt == len(delays):
+                log.warning("could not publish %s to %s: %s", event.get("type"), group,
+                            type(exc).__name__)
+                return
+            await asyncio.sleep(delays[attempt])
 
 
 def publish_sync(group: str, event: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ text is saved at most about once a second and finally with status, usage and tim
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -198,10 +199,7 @@ class Generation:
         # The default "specific." prefix matters with channels_redis: all of a process's
         # specific channels share one Redis list and one receive loop; a channel with another
         # prefix would hold that loop in its own BRPOP and stall every consumer for seconds.
-        control = await layer.new_channel() if layer else None
-        gen_group = events.generation_group(self.message_id)
-        if layer and control:
-            await layer.group_add(gen_group, control)
+        control = await self._join_control(layer)
         helpers = [asyncio.create_task(self._tick())]
         if layer and control:
             helpers.append(asyncio.create_task(self._listen(layer, control)))
@@ -310,18 +308,38 @@ class Generation:
         return {"type": events.STATE, "seq": self.seq, "id": str(self.message_id),
                 "status": status, **extra}
 
+    async def _join_control(self, layer: Any) -> str | None:
+        """The channel that receives stop and resync requests, or None when the layer is away:
+        the answer goes on regardless (stop then works through the database flag)."""
+        if layer is None:
+            return None
+        try:
+            control: str = await layer.new_channel()
+            await layer.group_add(events.generation_group(self.message_id), control)
+        except Exception as exc:
+            log.warning("answer %s runs without its control channel: %s", self.message_id,
+                        type(exc).__name__)
+            return None
+        return control
+
     async def _listen(self, layer: Any, channel: str) -> None:
         while True:
-            event = await layer.receive(channel)
+            try:
+                event = await layer.receive(channel)
+            except Exception as exc:  # the layer is away: keep writing, try again later
+                log.warning("control channel of %s: %s", self.message_id, type(exc).__name__)
+                await asyncio.sleep(1.0)
+                continue
             kind = event.get("type")
             if kind == events.STOP:
                 self.request_stop()
             elif kind == events.RESYNC and event.get("reply_to"):
                 await self._flush()
                 text = self.text
-                await layer.send(event["reply_to"], {
-                    "type": events.SNAPSHOT, "seq": self.seq, "text": text[:self.sent],
-                    "upto": self.stable_u16, "html": render_markdown(text[:self.stable])})
+                with contextlib.suppress(Exception):  # the viewer asks again if it must
+                    await layer.send(event["reply_to"], {
+                        "type": events.SNAPSHOT, "seq": self.seq, "text": text[:self.sent],
+                        "upto": self.stable_u16, "html": render_markdown(text[:self.stable])})
 
     def request_stop(self) -> None:
         self.stop_requested = True
@@ -364,7 +382,8 @@ class Generation:
         })
         saved = await _save_final(self.message_id, outcome)
         if layer and control:
-            await layer.group_discard(events.generation_group(self.message_id), control)
+            with contextlib.suppress(Exception):  # its membership expires with the layer
+                await layer.group_discard(events.generation_group(self.message_id), control)
         await events.publish(self.group, self._state_event(
             saved["status"], length=u16_len(text), error_code=saved.get("error_code", ""),
             error_message=saved.get("error_message", ""),

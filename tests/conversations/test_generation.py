@@ -48,6 +48,22 @@ def test_it_stores_the_whole_answer_with_usage(emulated: Any, owner: Any, slug: 
     assert "\ufffd" not in answer.content
 
 
+def test_it_writes_the_whole_answer_when_the_channel_layer_is_unreachable(
+    emulated: Any, owner: Any, settings: Any
+) -> None:
+    # Redis away (or its connection pool exhausted): viewers miss live frames, but the answer
+    # itself must still be written and saved in full.
+    settings.CHANNEL_LAYERS = {"default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [{"address": "redis://127.0.0.1:1/0",
+                              "socket_connect_timeout": 0.2}]}}}
+    conversation = _chat(owner)
+    answer = _answer(post_message(signed_in(owner), conversation,
+                                  "Still here? [[emu:tokens n=30]]"))
+    assert answer.status == MessageStatus.COMPLETE
+    assert answer.content == _sent(emulated, "cloudflare") != ""
+
+
 @pytest.mark.parametrize(("slug", "vendor"), VENDORS)
 @pytest.mark.parametrize(("fault", "code"), [
     # In-band errors: Cloudflare's emulated one is 3040 (capacity), Qianfan's 336000 (internal).

@@ -179,6 +179,16 @@ class Viewer:
         if not self._thread.is_alive():
             self._loop.close()
 
+    def vanish(self) -> None:
+        """Drop the TCP connection without a closing handshake (a laptop lid, a dead network)."""
+        def abort() -> None:
+            self._stopping = True
+            if self._ws is not None:
+                self._ws.transport.abort()
+
+        self._loop.call_soon_threadsafe(abort)
+        self._thread.join(15)
+
     def _start_closing(self) -> None:
         self._stopping = True
         if self._ws is not None and self._closing is None:
@@ -504,6 +514,31 @@ def test_a_viewer_on_process_1_watches_a_vision_answer_written_by_the_worker(
     answered = [r for r in model_calls(cluster.emulator, marker) if r.status == 200]
     assert len(answered) == 1
     assert "image" in answered[0].json  # Cloudflare takes the image as a byte array
+
+
+def test_viewers_that_vanish_mid_answer_leave_no_errors_and_the_others_see_it_all(
+    chat: Chat, cluster: Cluster
+) -> None:
+    first, second = cluster.servers
+    conversation = chat.conversation(TEXT_MODEL)
+    log_before = len(first.log_text())
+    stayer = chat.viewer(first, conversation)
+    leavers = [chat.viewer(first, conversation) for _ in range(16)]
+    answer = chat.post(second, conversation, f"leave {tag()} [[emu:tokens n=2000 rate=1000]]")
+    seq = answer["seq"]
+    for viewer in leavers:
+        viewer.wait_text(seq, 1, 15)
+    for index, viewer in enumerate(leavers):  # half hang up politely, half just vanish
+        if index % 2:
+            viewer.vanish()
+        else:
+            viewer.close()
+    final = stayer.wait_final(seq, 30)
+    message = Message.objects.get(pk=answer["id"])
+    assert final["status"] == "complete" and stayer.text(seq) == message.content
+    time.sleep(0.5)  # let process 1 handle the disconnects
+    log = first.log_text()[log_before:]
+    assert "Exception inside application" not in log, log[-3000:]
 
 
 def test_stop_pressed_on_process_1_stops_the_answer_process_2_writes(

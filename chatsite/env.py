@@ -38,6 +38,13 @@ def env_bool(env: Env, name: str, default: bool = False) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false, yes/no, on/off).")
 
 
+def env_choice(env: Env, name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env_str(env, name, default).lower() or default
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, not {value!r}.")
+    return value
+
+
 def env_int(env: Env, name: str, default: int, *, minimum: int | None = None) -> int:
     raw = env.get(name)
     if raw is None or not raw.strip():

@@ -20,6 +20,7 @@ from django.utils.translation import gettext_lazy as _
 
 from chatsite.env import (
     env_bool,
+    env_choice,
     env_float,
     env_int,
     env_list,
@@ -172,23 +173,29 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Redis: channel layer, cache, Celery ------------------------------------------------------
 REDIS_URL = env_url(ENV, "REDIS_URL", schemes=("redis", "rediss", "unix"))
 if REDIS_URL:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                # channels_redis blocks 5 s per read waiting for messages; redis-py 8 also
-                # times sockets out at 5 s by default, which broke idle readers. Wait longer.
-                # Every in-flight group_send holds a connection; redis-py 8's pools refuse the
-                # 101st with MaxConnectionsError (seen at 200 streams). Redis allows 10,000.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 30,
-                           "socket_connect_timeout": 5,
-                           "max_connections": env_int(ENV, "REDIS_MAX_CONNECTIONS", 1000,
-                                                      minimum=10)}],
-                "capacity": env_int(ENV, "CHANNEL_CAPACITY", 500, minimum=10),
-                "expiry": 30,
-            },
+    # Every in-flight Redis call holds a connection; redis-py 8's pools refuse the 101st with
+    # MaxConnectionsError (seen at 200 streams). Redis itself allows 10,000 clients.
+    _redis_host = {"address": REDIS_URL, "socket_connect_timeout": 5,
+                   "max_connections": env_int(ENV, "REDIS_MAX_CONNECTIONS", 1000, minimum=10)}
+    CHANNEL_LAYER = env_choice(ENV, "CHANNEL_LAYER", ("pubsub", "core"), "pubsub")
+    if CHANNEL_LAYER == "pubsub":
+        # Redis pub/sub: no per-channel lists and no expiry sweeps; a message published while
+        # nobody listens is gone (viewers resync from the runner's snapshot).
+        CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+                                      "CONFIG": {"hosts": [_redis_host]}}}
+    else:
+        CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "CONFIG": {
+                    # channels_redis blocks 5 s per read waiting for messages; redis-py 8 also
+                    # times sockets out at 5 s by default, which broke idle readers.
+                    "hosts": [{**_redis_host, "socket_timeout": 30}],
+                    "capacity": env_int(ENV, "CHANNEL_CAPACITY", 500, minimum=10),
+                    "expiry": 30,
+                },
+            }
         }
-    }
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",

@@ -105,7 +105,14 @@ def test_it_uses_postgres_with_a_pool_and_redis_when_configured(tmp_path: Path) 
     assert values["db"] == "django.db.backends.postgresql"
     assert values["pool"] is True
     assert values["conn_max_age"] == 0
-    assert values["layer"] == "channels_redis.core.RedisChannelLayer"
+    assert values["layer"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
+
+
+def test_the_redis_channel_layer_can_be_the_list_based_core_one(tmp_path: Path) -> None:
+    result = _import_settings({"REDIS_URL": "redis://127.0.0.1:6379/0",
+                               "CHANNEL_LAYER": "core"}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["layer"] == "channels_redis.core.RedisChannelLayer"
 
 
 @pytest.mark.parametrize(
@@ -120,6 +127,9 @@ def test_it_uses_postgres_with_a_pool_and_redis_when_configured(tmp_path: Path) 
         ({"APP_ENV": "staging"}, "APP_ENV"),
         ({"APP_ENV": "production"}, "SECRET_KEY is required in production"),
         ({"CHANNEL_CAPACITY": "lots"}, "CHANNEL_CAPACITY"),
+        ({"REDIS_URL": "redis://127.0.0.1:6379/0", "CHANNEL_LAYER": "kafka"}, "CHANNEL_LAYER"),
+        ({"REDIS_URL": "redis://127.0.0.1:6379/0", "REDIS_MAX_CONNECTIONS": "1"},
+         "REDIS_MAX_CONNECTIONS"),
         ({"CSRF_TRUSTED_ORIGINS": "chat.example.com"}, "CSRF_TRUSTED_ORIGINS"),
     ],
 )

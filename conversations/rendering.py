@@ -444,7 +444,7 @@ def render_markdown(text: str) -> str:
 #: is then simply never read again.
 RENDER_VERSION = "1"
 _CACHE_MIN_CHARS = 200
-_CACHE_SECONDS = 24 * 3600
+_CACHE_SECONDS = 3600  # bounded: Redis runs with noeviction (docs/deployment.md)
 _log = logging.getLogger(__name__)
 
 

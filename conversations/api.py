@@ -706,10 +706,13 @@ class Completion:
                 yield self.chunk({}, "content_filter", include_usage=include_usage)
             else:
                 status = "failed"
+                # The ledger first: a client stops reading at the error event.
+                await self.end(status, request_id)
                 yield event(provider_error(exc).body())
         except Exception:
             log.error("api %s failed mid-stream", self.id, exc_info=True)
             status = "failed"
+            await self.end(status, request_id)
             yield event(internal().body())
         finally:
             await self.end(status, request_id)

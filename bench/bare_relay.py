@@ -21,12 +21,9 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import platform
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,7 +32,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import websockets
@@ -47,61 +43,25 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 LOG_DIR = RESULTS / "var"
 
-# Copied from bench/relay.py rather than imported: run as a file, `bench.relay` needs a sys.path
-# edit, and the relay process would import all of relay.py (its RSS is part of the baseline).
-CF_ACCOUNT = "0123456789abcdef0123456789abcdef"  # the emulator's fake credentials
-CF_TOKEN = "cf-emu-token-0001"
-CF_MODEL = "@cf/meta/llama-3.2-3b-instruct"
-PROMPT_PREFIX = "Relay benchmark prompt, identical across all streams:"  # same answer text
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(ROOT))  # run as a file: make `bench.relay` importable
+from bench.relay import (  # noqa: E402  (the shared helpers of the relay benchmark)
+    CF_ACCOUNT,
+    CF_MODEL,
+    CF_TOKEN,
+    PROMPT_PREFIX,
+    StatusError,
+    can_pin,
+    cpu_seconds,
+    free_port,
+    httpx_chunks,
+    quantile,
+    raw_chunks,
+    rss_kib,
+    sse_events,
+    u16_len,
+)
+
 CLIENTS = ("httpx", "raw")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return math.nan
-    fields = data[data.rindex(")") + 2:].split()  # the name may contain spaces
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def rss_kib(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def can_pin() -> bool:
-    return (shutil.which("taskset") is not None and hasattr(os, "sched_setaffinity")
-            and len(os.sched_getaffinity(0)) >= 2)
-
-
-def quantile(values: Sequence[float], q: float) -> float | None:
-    """Linear interpolation between order statistics (numpy's default)."""
-    clean = sorted(v for v in values if not math.isnan(v))
-    if not clean:
-        return None
-    pos = (len(clean) - 1) * q
-    low = math.floor(pos)
-    high = min(low + 1, len(clean) - 1)
-    return clean[low] + (clean[high] - clean[low]) * (pos - low)
-
-
-def u16_len(text: str) -> int:
-    """Length in UTF-16 code units, the unit of the websocket offsets (docs/protocol.md)."""
-    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
 
 
 def dumps(value: Any) -> str:
@@ -114,64 +74,6 @@ def prompt_for(tag: str, magic: str) -> str:
 
 
 # --- the upstream stream ------------------------------------------------------------------------
-class StatusError(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
-
-
-async def raw_chunks(url: str, body: bytes,
-                     headers: dict[str, str]) -> AsyncGenerator[bytes, None]:
-    """POST over a bare asyncio connection, yielding the body's HTTP chunks (chunked decoding
-    only, like bench/relay.py's `_raw_chunks`): the cheapest reader Python offers."""
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        lines = [f"POST {parts.path} HTTP/1.1", f"Host: {host}:{port}",
-                 f"Content-Length: {len(body)}",
-                 *(f"{name}: {value}" for name, value in headers.items()), "", ""]
-        writer.write("\r\n".join(lines).encode() + body)
-        status = int((await reader.readline()).split()[1])
-        chunked = False
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            chunked = chunked or (name.strip().lower() == "transfer-encoding"
-                                  and "chunked" in value.lower())
-        if status != 200:
-            raise StatusError(status)
-        while chunked:
-            size = int((await reader.readline()).split(b";")[0], 16)
-            if size == 0:
-                return
-            yield (await reader.readexactly(size + 2))[:-2]
-        while data := await reader.read(65536):  # close-delimited body
-            yield data
-    finally:
-        writer.close()
-
-
-async def httpx_chunks(http: httpx.AsyncClient, url: str, body: bytes,
-                       headers: dict[str, str]) -> AsyncGenerator[bytes, None]:
-    """The same request through httpx, read with `aiter_bytes` as providers/sse.py does."""
-    async with http.stream("POST", url, content=body, headers=headers) as response:
-        if response.status_code != 200:
-            raise StatusError(response.status_code)
-        async for chunk in response.aiter_bytes():
-            yield chunk
-
-
-def sse_events(buffer: bytearray) -> list[bytes]:
-    """Complete events at the front of `buffer` (removed from it)."""
-    if b"\r" in buffer:  # CRLF or CR line endings: normalise (the emulator sends LF)
-        buffer[:] = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    events = []
-    while (end := buffer.find(b"\n\n")) >= 0:
-        events.append(bytes(buffer[:end]))
-        del buffer[:end + 2]
-    return events
-
-
 def event_texts(event: bytes, texts: list[str]) -> bool:
     """Append the `response` deltas of one SSE event to `texts`; True at `[DONE]`."""
     for line in event.split(b"\n"):

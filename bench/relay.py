@@ -663,8 +663,10 @@ async def _sleep_until(moment: float) -> None:
         await asyncio.sleep(delay)
 
 
-def _sse_events(buffer: bytearray) -> list[bytes]:
+def sse_events(buffer: bytearray) -> list[bytes]:
     """Complete events at the front of `buffer` (removed from it)."""
+    if b"\r" in buffer:  # CRLF or CR line endings: normalise (the emulator sends LF)
+        buffer[:] = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     events = []
     while (end := buffer.find(b"\n\n")) >= 0:
         events.append(bytes(buffer[:end]))
@@ -678,7 +680,7 @@ class StatusError(Exception):
         self.status = status
 
 
-async def _httpx_chunks(http: httpx.AsyncClient, url: str, body: bytes,
+async def httpx_chunks(http: httpx.AsyncClient, url: str, body: bytes,
                         headers: dict[str, str]) -> AsyncGenerator[bytes, None]:
     async with http.stream("POST", url, content=body, headers=headers) as response:
         if response.status_code != 200:
@@ -687,7 +689,7 @@ async def _httpx_chunks(http: httpx.AsyncClient, url: str, body: bytes,
             yield chunk
 
 
-async def _raw_chunks(url: str, body: bytes,
+async def raw_chunks(url: str, body: bytes,
                       headers: dict[str, str]) -> AsyncGenerator[bytes, None]:
     """The same request over a bare asyncio connection: an HTTP/1.1 reader costing a fraction
     of httpx's CPU per chunk, so the load core stays free at high K (--a0-client raw)."""
@@ -696,7 +698,7 @@ async def _raw_chunks(url: str, body: bytes,
     reader, writer = await asyncio.open_connection(host, port)
     try:
         lines = [f"POST {parts.path} HTTP/1.1", f"Host: {host}:{port}",
-                 "Content-Type: application/json", f"Content-Length: {len(body)}",
+                 f"Content-Length: {len(body)}",
                  *(f"{name}: {value}" for name, value in headers.items()), "", ""]
         writer.write("\r\n".join(lines).encode() + body)
         status = int((await reader.readline()).split()[1])
@@ -732,8 +734,8 @@ async def run_a0(http: httpx.AsyncClient, emu_url: str, cfg: Config, res: Stream
     texts: list[str] = []
     done = False
     res.t_send = time.monotonic()
-    source = (_raw_chunks(url, payload, headers) if cfg.a0_client == "raw"
-              else _httpx_chunks(http, url, payload, headers))
+    source = (raw_chunks(url, payload, headers) if cfg.a0_client == "raw"
+              else httpx_chunks(http, url, payload, headers))
 
     try:
         async with asyncio.timeout(cfg.timeout), contextlib.aclosing(source) as chunks:
@@ -743,7 +745,7 @@ async def run_a0(http: httpx.AsyncClient, emu_url: str, cfg: Config, res: Stream
                 res.wire_bytes += len(chunk)
                 res.frames += 1
                 buffer += chunk
-                for event in _sse_events(buffer):
+                for event in sse_events(buffer):
                     done = _a0_event(event, now, res, texts) or done
     except StatusError as exc:
         res.error = f"http_{exc.status}"

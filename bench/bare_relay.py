@@ -50,6 +50,7 @@ from bench.relay import (  # noqa: E402  (the shared helpers of the relay benchm
     CF_TOKEN,
     PROMPT_PREFIX,
     StatusError,
+    _ks,
     can_pin,
     cpu_seconds,
     free_port,
@@ -501,16 +502,6 @@ def run(emu_url: str, k: int, tokens: int, rate: float, ttft: float, repeat: int
 
 
 # --- standalone ---------------------------------------------------------------------------------
-def _ks(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError("--k takes integers like 1,10,100") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("--k takes positive integers like 1,10,100")
-    return values
-
-
 def _clients(text: str) -> tuple[str, ...]:
     values = tuple(part.strip() for part in text.split(",") if part.strip())
     if not values or any(v not in CLIENTS for v in values):

@@ -53,6 +53,7 @@ from bench.relay import (  # noqa: E402  (the shared helpers of the relay benchm
     _ks,
     can_pin,
     cpu_seconds,
+    event_payloads,
     free_port,
     httpx_chunks,
     quantile,
@@ -77,19 +78,14 @@ def prompt_for(tag: str, magic: str) -> str:
 # --- the upstream stream ------------------------------------------------------------------------
 def event_texts(event: bytes, texts: list[str]) -> bool:
     """Append the `response` deltas of one SSE event to `texts`; True at `[DONE]`."""
-    for line in event.split(b"\n"):
-        if not line.startswith(b"data:"):
-            continue
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            return True
-        payload = json.loads(data)
+    payloads, done = event_payloads(event)
+    for payload in payloads:
         if payload.get("errors"):
             raise ValueError("upstream error event")
         text = payload.get("response")
         if isinstance(text, str) and text:
             texts.append(text)
-    return False
+    return done
 
 
 def cf_request(base: str, prompt: str, max_tokens: int) -> tuple[str, bytes, dict[str, str]]:

@@ -764,21 +764,29 @@ async def run_a0(http: httpx.AsyncClient, emu_url: str, cfg: Config, res: Stream
     return texts
 
 
-def _a0_event(event: bytes, now: float, res: StreamResult, texts: list[str]) -> bool:
-    """Record one SSE event; True at [DONE]."""
+def event_payloads(event: bytes) -> tuple[list[dict[str, Any]], bool]:
+    """The JSON payloads of one Cloudflare SSE event, and whether it was `[DONE]`."""
+    payloads: list[dict[str, Any]] = []
     for line in event.split(b"\n"):
         if not line.startswith(b"data:"):
             continue
         data = line[5:].strip()
         if data == b"[DONE]":
-            return True
-        payload = json.loads(data)
+            return payloads, True
+        payloads.append(json.loads(data))
+    return payloads, False
+
+
+def _a0_event(event: bytes, now: float, res: StreamResult, texts: list[str]) -> bool:
+    """Record one SSE event; True at [DONE]."""
+    payloads, done = event_payloads(event)
+    for payload in payloads:
         text = payload.get("response")
         if isinstance(text, str) and text:
             texts.append(text)
             res.arrivals.append(now)
             res.ts.append(float(payload.get("ts", math.nan)))
-    return False
+    return done
 
 
 def tiny_png(side: int = 16) -> bytes:

@@ -80,7 +80,7 @@ CONVERSATIONS_CODE = """
 import json, os
 from django.contrib.auth import get_user_model
 from django.conf import settings
-from conversations import services
+from conversations.chat import services
 from providers.models import ModelConfig
 model = ModelConfig.objects.get(slug=os.environ["BENCH_MODEL"])
 users = get_user_model().objects

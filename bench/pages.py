@@ -17,7 +17,7 @@ on the active branch), and django.test.Client fetches, interleaved round by roun
 Per request: time.perf_counter() around the client call (in-process, so that is server time
 plus the test client's own small cost), SQL queries (CaptureQueriesContext), response bytes,
 the status and the number of messages in the HTML. `selector` rows time
-conversations.selectors.thread() alone, the only part that sees the whole conversation.
+conversations.chat.selectors.thread() alone, the only part that sees the whole conversation.
 
     .venv/bin/python bench/pages.py                  # 30 requests per row after 3 warm-ups
     .venv/bin/python bench/pages.py --quick          # 5 requests per row, 1 warm-up
@@ -185,7 +185,7 @@ def build_conversation(user: Any, model: Any, size: int, seed: int) -> Any:
 
 def check_conversation(conversation: Any, size: int) -> None:
     """The selector must see the whole chain, or the benchmark measures a short page."""
-    from conversations import selectors
+    from conversations.chat import selectors
 
     path = selectors.thread(conversation, limit=size + 1).nodes
     shown = selectors.thread(conversation).nodes
@@ -235,7 +235,7 @@ class Sample:
 
 def older_before(conversation: Any) -> int:
     """What the page's "Load earlier messages" button sends; past the end when it has none."""
-    from conversations import selectors
+    from conversations.chat import selectors
 
     first = selectors.thread(conversation)
     return first.oldest_seq if first.has_older and first.oldest_seq else conversation.next_seq
@@ -261,7 +261,7 @@ def selector_sampler(conversation: Any) -> Callable[[], tuple[Sample, list[str]]
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from conversations import selectors
+    from conversations.chat import selectors
 
     def sample() -> tuple[Sample, list[str]]:
         with CaptureQueriesContext(connection) as ctx:
@@ -374,7 +374,7 @@ def run(repeat: int = 30, sizes: tuple[int, ...] = SIZES, *, warmup: int = 3) ->
     load_start = os.getloadavg()[0]
     started = time.perf_counter()
     var_dir = setup_django()
-    from conversations import selectors
+    from conversations.chat import selectors
 
     user, conversations, info = seed(sizes)
     samples, sql = collect(samplers(user, conversations), repeat, warmup)

@@ -26,7 +26,8 @@ app.conf.update(
     result_expires=3600,
     timezone=os.environ.get("TIME_ZONE", "UTC"),
 )
-app.autodiscover_tasks()
+# Tasks live beside the concern they serve (answers, images), not in one flat module.
+app.autodiscover_tasks(["conversations.answers"])
 
 
 @app.task(name="chatsite.ping")

@@ -18,6 +18,6 @@ urlpatterns = [
     path("accounts/signup/", views.signup, name="signup"),
     path("i18n/", include("django.conf.urls.i18n")),
     path("admin/", admin.site.urls),
-    path("v1/", include("conversations.api_urls")),
-    path("", include("conversations.urls")),
+    path("v1/", include("conversations.api.urls")),
+    path("", include("conversations.web.urls")),
 ]

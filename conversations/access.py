@@ -32,7 +32,7 @@ def conversation_access(user: User | Any, conversation: Conversation) -> Access:
     if conversation.owner_id == user.pk:
         return Access.MANAGE
     if conversation.team_id and user.groups.filter(pk=conversation.team_id).exists():
-        from conversations.teams import members_can_continue
+        from conversations.sharing.teams import members_can_continue
 
         return Access.CONTINUE if members_can_continue(conversation.team_id) else Access.READ
     if getattr(user, "is_superuser", False):

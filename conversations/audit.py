@@ -42,7 +42,7 @@ MODEL_CHANGED = "model.changed"
 SHARE_CREATED = "share.created"
 SHARE_REVOKED = "share.revoked"
 TOKEN_REVOKED = "token.revoked"
-ADMIN_OPENED_CONVERSATION = "admin.opened_conversation"  # the name conversations.views uses
+ADMIN_OPENED_CONVERSATION = "admin.opened_conversation"  # the name conversations.web.views uses
 
 ROLE_FIELDS = ("is_active", "is_staff", "is_superuser")
 # Provider columns that a connection test rewrites: operations, not configuration.
@@ -54,7 +54,7 @@ _SECRET_KEY_NAME = re.compile(r"key|token|secret|passw|credential|cipher|digest|
 # An admin LogEntry this much younger than the change it names still claims it.
 _ATTRIBUTION_WINDOW = timedelta(seconds=60)
 
-# Short names used in `target` ("user 12"); conversations.views already writes "conversation <id>".
+# Short names used in `target` ("user 12"); the chat views already write "conversation <id>".
 _TARGET_NAMES = {
     ("auth", "user"): "user",
     ("auth", "group"): "team",

@@ -84,7 +84,7 @@ def _start_periodic(loop: asyncio.AbstractEventLoop) -> None:
     if _periodic_started:
         return
     _periodic_started = True
-    from conversations.generation import reaper_loop
+    from conversations.answers.generation import reaper_loop
 
     loop.call_soon_threadsafe(lambda: _spawn(reaper_loop()))
     from django.conf import settings
@@ -97,7 +97,7 @@ def _start_periodic(loop: asyncio.AbstractEventLoop) -> None:
 async def _cleanup_loop(interval: float) -> None:
     from channels.db import database_sync_to_async
 
-    from conversations.attachments import cleanup
+    from conversations.images.attachments import cleanup
 
     while True:
         await asyncio.sleep(interval)

@@ -41,7 +41,7 @@ def user_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None
 
 
 def _attachment_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
-    from conversations.attachments import delete_files_after_commit
+    from conversations.images.attachments import delete_files_after_commit
 
     if instance.file:
         delete_files_after_commit([instance.file.name])

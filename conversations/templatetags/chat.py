@@ -37,7 +37,7 @@ def stream_parts(text: str) -> dict[str, Any]:
     """For an answer still being written: rendered finished blocks + the raw open tail."""
     text = text or ""
     upto = split_stable(text)
-    from conversations.generation import u16_len
+    from conversations.answers.generation import u16_len
 
     return {"html": mark_safe(render_markdown(text[:upto])),
             "upto": u16_len(text[:upto]), "tail": text[upto:]}

@@ -11,8 +11,9 @@ from django.contrib.auth.models import Group
 from django.test import Client
 from django.utils import timezone
 
-from conversations import audit, sharing
+from conversations import audit
 from conversations.models import AuditEvent, Conversation
+from conversations.sharing import links
 from providers.models import ModelConfig, Provider
 from tests.admin.conftest import change_form_payload
 from tests.conftest import PASSWORD
@@ -202,7 +203,7 @@ def conversation_of(user: Any) -> Conversation:
 
 
 def test_share_creation_and_revocation_are_recorded_without_the_token(owner: Any) -> None:
-    share = sharing.create_share(owner, conversation_of(owner), live=True)
+    share = links.create_share(owner, conversation_of(owner), live=True)
     share.revoked_at = timezone.now()
     share.save()
     (created,) = events(audit.SHARE_CREATED)

@@ -15,9 +15,9 @@ from django.contrib.auth.models import Group, Permission
 from django.test import Client
 from django.utils import timezone
 
-from conversations import reports
 from conversations.models import UsageRecord
-from conversations.reports import UsageFilters
+from conversations.usage import reports
+from conversations.usage.reports import UsageFilters
 from providers.models import ModelConfig
 
 pytestmark = pytest.mark.django_db

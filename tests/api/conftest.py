@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from openai import OpenAI
 
-from conversations import tokens
+from conversations.api import tokens
 from tests.conftest import ARTIFACTS, ROOT, ServerProcess, child_env, free_port, wait_for_port
 from tests.conversations.conftest import chat_emulator, emulated  # noqa: F401  (fixtures)
 

@@ -9,7 +9,7 @@ import openai
 import pytest
 from django.test import Client
 
-from conversations import tokens
+from conversations.api import tokens
 from conversations.models import ApiToken, UsageRecord
 from tests.api.conftest import ApiServer, openai_client
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from conversations import tokens
+from conversations.api import tokens
 from conversations.models import ApiToken, AuditEvent
 
 pytestmark = pytest.mark.django_db

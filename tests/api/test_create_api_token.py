@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client
 
-from conversations import tokens
+from conversations.api import tokens
 from conversations.models import ApiToken
 
 pytestmark = pytest.mark.django_db

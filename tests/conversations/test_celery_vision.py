@@ -25,10 +25,10 @@ from django.conf import settings
 from django.utils import timezone
 
 from chatsite.celery import app
-from conversations import services
-from conversations.generation import reap_stale
+from conversations.answers.generation import reap_stale
+from conversations.answers.tasks import generate_answer
+from conversations.chat import services
 from conversations.models import Message, MessageStatus
-from conversations.tasks import generate_answer
 from tests.conftest import ARTIFACTS, ROOT, WorkerProcess, child_env
 from tests.conversations.conftest import model, post_message, signed_in
 from tests.conversations.image_corpus import png_rgba

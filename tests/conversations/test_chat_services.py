@@ -10,7 +10,7 @@ import pytest
 from django.contrib.auth.models import Group
 from django.db import connections
 
-from conversations import selectors, services
+from conversations.chat import selectors, services
 from conversations.models import Conversation, Message, MessageStatus
 from tests.conversations.conftest import model
 

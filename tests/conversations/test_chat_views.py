@@ -11,7 +11,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from conversations import services
+from conversations.chat import services
 from conversations.models import Conversation, Message, MessageStatus, TeamSettings
 from tests.conftest import PASSWORD
 from tests.conversations.conftest import model, post_message, signed_in

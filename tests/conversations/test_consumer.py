@@ -15,8 +15,8 @@ from django.contrib.auth.models import Group
 from django.test import Client
 
 from chatsite.asgi import application
-from conversations import services
-from conversations.generation import run_generation
+from conversations.answers.generation import run_generation
+from conversations.chat import services
 from conversations.models import Conversation, Message, MessageStatus
 from conversations.rendering import render_markdown
 from tests.conversations.conftest import model
@@ -251,7 +251,7 @@ async def test_a_slow_client_cannot_make_the_server_buffer_without_bound(
         if isinstance(frame, dict) and frame.get("type") == "state" and (
                 frame["status"] == "complete"):
             break
-    from conversations.consumers import SOFT_LAG_BYTES
+    from conversations.web.consumers import SOFT_LAG_BYTES
 
     kinds = [f[0] if isinstance(f, list) else f.get("type") for f in viewer.frames]
     assert kinds[-1] == "state", kinds[-5:]

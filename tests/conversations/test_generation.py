@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from conversations import services
+from conversations.chat import services
 from conversations.models import Message, MessageStatus
 from providers.emulators import Fault
 from tests.conversations.conftest import model, post_message, signed_in
@@ -197,7 +197,7 @@ def test_the_reaper_marks_answers_whose_runner_died_and_keeps_the_text(
 
     from django.utils import timezone
 
-    from conversations.generation import reap_stale
+    from conversations.answers.generation import reap_stale
 
     conversation = _chat(owner)
     result = services.message_post(owner, conversation, text="Hi",

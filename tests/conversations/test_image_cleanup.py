@@ -22,9 +22,10 @@ from asgiref.sync import async_to_sync
 from django.core.management import call_command
 from django.utils import timezone
 
-from conversations import services, tasks
-from conversations.attachments import cleanup
-from conversations.generation import run_generation
+from conversations.answers import tasks
+from conversations.answers.generation import run_generation
+from conversations.chat import services
+from conversations.images.attachments import cleanup
 from conversations.models import Attachment, Conversation, Message, MessageStatus
 from tests.conftest import ROOT, child_env
 from tests.conversations import image_corpus as corpus

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile, features
 
-from conversations.images import (
+from conversations.images.validator import (
     CleanImage,
     ImageLimits,
     ImageRejected,
@@ -439,7 +439,7 @@ def test_mutated_files_are_either_clean_images_or_image_rejected(
 ) -> None:
     limits = ImageLimits(max_pixels=1_000_000, max_side=2048)
     unexpected = _RecordingHandler()
-    logging.getLogger("conversations.images").addHandler(unexpected)
+    logging.getLogger("conversations.images.validator").addHandler(unexpected)
     try:
         clean = validate_image(_mutate(seed, edits, cut), limits)
     except ImageRejected as rejected:
@@ -454,7 +454,7 @@ def test_mutated_files_are_either_clean_images_or_image_rejected(
         }
         return
     finally:
-        logging.getLogger("conversations.images").removeHandler(unexpected)
+        logging.getLogger("conversations.images.validator").removeHandler(unexpected)
     assert clean.mime_type in (PNG, JPEG)
     assert clean.width * clean.height <= limits.max_pixels
 
@@ -471,7 +471,7 @@ class _RecordingHandler(logging.Handler):
 def test_unexpected_failures_are_logged_without_file_content(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level("DEBUG", logger="conversations.images"):
+    with caplog.at_level("DEBUG", logger="conversations.images.validator"):
         for name in REJECTED:
             case = CASES[name]
             with pytest.raises(ImageRejected):
@@ -482,7 +482,7 @@ def test_unexpected_failures_are_logged_without_file_content(
 
 _MEMORY_PROBE = """
 import json, resource, sys
-from conversations.images import ImageLimits, ImageRejected, validate_image
+from conversations.images.validator import ImageLimits, ImageRejected, validate_image
 from tests.conversations import image_corpus as corpus
 files = [
     (corpus.bomb_png_30000(), ImageLimits()),

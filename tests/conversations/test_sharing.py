@@ -17,8 +17,9 @@ from django.test import Client
 from django.utils import timezone
 
 from chatsite.asgi import application
-from conversations import services, sharing
+from conversations.chat import services
 from conversations.models import Budget, Conversation, Message, MessageStatus, ShareLink
+from conversations.sharing import links
 from tests.conversations.conftest import model, post_message, signed_in
 
 
@@ -36,7 +37,7 @@ def _chat(user: Any, *texts: str) -> Conversation:
 def test_a_share_shows_the_conversation_up_to_the_moment_of_sharing(owner: Any,
                                                                     outsider: Any) -> None:
     conversation = _chat(owner, "first question")
-    share = sharing.create_share(owner, conversation)
+    share = links.create_share(owner, conversation)
     conversation.refresh_from_db()
     result = services.message_post(owner, conversation, text="later question",
                                    client_id=uuid.uuid4())
@@ -48,7 +49,7 @@ def test_a_share_shows_the_conversation_up_to_the_moment_of_sharing(owner: Any,
     assert 'id="composer"' not in html and "data-regenerate" not in html
     later = Message.objects.get(content="later question")
     assert viewer.get(f"/s/{share.token}/m/{later.pk}/").status_code == 404
-    live = sharing.create_share(owner, conversation, live=True)
+    live = links.create_share(owner, conversation, live=True)
     assert "later question" in viewer.get(f"/s/{live.token}/").content.decode()
 
 
@@ -56,14 +57,14 @@ def test_a_share_shows_the_conversation_up_to_the_moment_of_sharing(owner: Any,
 def test_share_links_need_a_login_unless_anonymous_links_are_allowed(owner: Any,
                                                                      settings: Any) -> None:
     conversation = _chat(owner, "hello")
-    share = sharing.create_share(owner, conversation)
+    share = links.create_share(owner, conversation)
     response = Client().get(f"/s/{share.token}/")
     assert response.status_code == 302 and "/accounts/login/" in response["Location"]
     assert "hello" not in response.content.decode()
     with pytest.raises(services.ServiceError):
-        sharing.create_share(owner, conversation, anonymous=True)
+        links.create_share(owner, conversation, anonymous=True)
     settings.ALLOW_ANONYMOUS_SHARES = True
-    anonymous = sharing.create_share(owner, conversation, anonymous=True)
+    anonymous = links.create_share(owner, conversation, anonymous=True)
     assert "hello" in Client().get(f"/s/{anonymous.token}/").content.decode()
     settings.ALLOW_ANONYMOUS_SHARES = False  # the admin turned it off: the link stops working
     assert Client().get(f"/s/{anonymous.token}/").status_code == 302
@@ -72,14 +73,14 @@ def test_share_links_need_a_login_unless_anonymous_links_are_allowed(owner: Any,
 @pytest.mark.django_db
 def test_revoked_expired_and_unknown_links_are_not_found(owner: Any, outsider: Any) -> None:
     conversation = _chat(owner, "secret plans")
-    share = sharing.create_share(owner, conversation, expires_in_days=1)
+    share = links.create_share(owner, conversation, expires_in_days=1)
     viewer = signed_in(outsider)
     assert viewer.get(f"/s/{share.token}/").status_code == 200
-    assert sharing.revoke_share(share, owner)
-    assert not sharing.revoke_share(share, owner)
+    assert links.revoke_share(share, owner)
+    assert not links.revoke_share(share, owner)
     response = viewer.get(f"/s/{share.token}/")
     assert response.status_code == 404 and "secret plans" not in response.content.decode()
-    expired = sharing.create_share(owner, conversation, expires_in_days=1)
+    expired = links.create_share(owner, conversation, expires_in_days=1)
     ShareLink.objects.filter(pk=expired.pk).update(expires_at=timezone.now() - timedelta(1))
     assert viewer.get(f"/s/{expired.token}/").status_code == 404
     assert viewer.get("/s/not-a-token/").status_code == 404
@@ -112,7 +113,7 @@ async def test_revoking_closes_the_socket_of_a_viewer_who_has_the_page_open(
     from django.conf import settings as dj
 
     conversation = await database_sync_to_async(_chat)(owner, "hi")
-    share = await database_sync_to_async(sharing.create_share)(owner, conversation, live=True)
+    share = await database_sync_to_async(links.create_share)(owner, conversation, live=True)
 
     def cookie() -> bytes:
         client = Client()
@@ -124,7 +125,7 @@ async def test_revoking_closes_the_socket_of_a_viewer_who_has_the_page_open(
     socket = WebsocketCommunicator(application, f"/ws/s/{share.token}/", headers=headers)
     assert (await socket.connect())[0]
     assert (await socket.receive_json_from())["type"] == "hello"
-    await database_sync_to_async(sharing.revoke_share)(share, owner)
+    await database_sync_to_async(links.revoke_share)(share, owner)
     assert await socket.receive_json_from(5) == {"type": "revoked", "reason": "revoked"}
     assert (await socket.receive_output(5))["code"] == 4403
     await socket.disconnect()

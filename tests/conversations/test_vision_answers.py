@@ -22,7 +22,8 @@ from django.test import Client
 from PIL import Image
 
 from chatsite.celery import app
-from conversations import attachments, services
+from conversations.chat import services
+from conversations.images import attachments
 from conversations.models import ACTIVE_STATUSES, Attachment, Conversation, Message, MessageStatus
 from providers.models import ModelConfig
 from tests.conftest import ARTIFACTS, ServerProcess, child_env

@@ -21,7 +21,8 @@ from django.contrib.auth.models import Group
 from django.test import Client
 from PIL import Image
 
-from conversations import attachments, images, services
+from conversations.chat import services
+from conversations.images import attachments, validator
 from conversations.models import Attachment, Conversation
 from tests.conversations import image_corpus as corpus
 from tests.conversations.conftest import model, signed_in
@@ -362,7 +363,7 @@ def test_a_signed_url_serves_the_image_without_a_session(scene: Scene) -> None:
 def test_an_expired_or_tampered_signed_url_is_not_found(scene: Scene) -> None:
     path, query = _query(attachments.signed_url(scene.sent))
     secret = attachments._signing_secret()
-    old = images.sign_image_url("http://x", str(scene.sent.pk), secret=secret, ttl_seconds=60,
+    old = validator.sign_image_url("http://x", str(scene.sent.pk), secret=secret, ttl_seconds=60,
                                 now=time.time() - 3600)
     _old_path, old_query = _query(old)
     flipped = query["sig"][:-1] + ("A" if query["sig"][-1] != "A" else "B")

@@ -38,7 +38,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError
 from websockets.typing import Origin
 
-from conversations import generation, services
+from conversations.answers import generation
+from conversations.chat import services
 from conversations.models import (
     ACTIVE_STATUSES,
     Conversation,

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from conversations.attachments import cleanup
+from conversations.images.attachments import cleanup
 
 
 class Command(BaseCommand):

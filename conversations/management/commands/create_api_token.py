@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from conversations import tokens
+from conversations.api import tokens
 
 
 class Command(BaseCommand):

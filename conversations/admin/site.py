@@ -29,8 +29,8 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.utils.translation import gettext_lazy as _
 
-from conversations import audit, reports, tokens
-from conversations.accounting import period_bounds
+from conversations import audit
+from conversations.api import tokens
 from conversations.models import (
     ApiToken,
     AuditEvent,
@@ -41,7 +41,9 @@ from conversations.models import (
     TeamSettings,
     UsageRecord,
 )
-from conversations.sharing import revoke_share
+from conversations.sharing.links import revoke_share
+from conversations.usage import reports
+from conversations.usage.accounting import period_bounds
 from providers.models import ModelConfig
 
 User = get_user_model()

@@ -15,7 +15,6 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
-from conversations import attachments, generation, selectors, services
 from conversations.access import (
     Access,
     conversation_access,
@@ -23,8 +22,11 @@ from conversations.access import (
     get_message_for,
     is_oversight,
 )
-from conversations.forms import ConversationSettingsForm, NewConversationForm, param_fields
+from conversations.answers import generation
+from conversations.chat import selectors, services
+from conversations.images import attachments
 from conversations.models import Attachment, Conversation, Message
+from conversations.web.forms import ConversationSettingsForm, NewConversationForm, param_fields
 from providers.models import ModelConfig
 
 
@@ -275,7 +277,7 @@ def conversation_settings(request: HttpRequest, conversation_id: uuid.UUID) -> H
             return redirect("conversation", conversation_id=conversation.pk)
     from django.conf import settings as site_settings
 
-    from conversations.share_views import share_list_context
+    from conversations.web.share_views import share_list_context
 
     context = {**_list_context(request, conversation), **_models_context(request.user),
                "conversation": conversation, "form": form,

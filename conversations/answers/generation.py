@@ -24,11 +24,12 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from conversations import accounting, events
+from conversations import events
+from conversations.chat.selectors import history_for
 from conversations.models import ACTIVE_STATUSES, Message, MessageStatus, UsageRecord
 from conversations.rendering import render_markdown, render_markdown_cached, split_stable
 from conversations.runtime import off_loop
-from conversations.selectors import history_for
+from conversations.usage import accounting
 from providers import crypto
 from providers.base import ChatRequest, Delta, ErrorKind, Finish, ProviderError
 from providers.base import Message as WireMessage
@@ -73,7 +74,7 @@ def dispatch(message: Message) -> None:
 
     model = message.model
     if settings.REDIS_URL and model is not None and model.vision:
-        from conversations.tasks import generate_answer
+        from conversations.answers.tasks import generate_answer
 
         generate_answer.delay(str(message.pk))
         return
@@ -118,7 +119,7 @@ def _claim(message_id: uuid.UUID) -> Job | dict[str, Any] | None:
 
 
 def build_request(message: Message) -> ChatRequest:
-    from conversations.attachments import image_parts_for
+    from conversations.images.attachments import image_parts_for
 
     conversation = message.conversation
     model = message.model or conversation.model

@@ -23,7 +23,7 @@ def share_group(token: str) -> str:
 
 def create_share(user: Any, conversation: Conversation, *, live: bool = False,
                  expires_in_days: int | None = None, anonymous: bool = False) -> ShareLink:
-    from conversations.services import ServiceError
+    from conversations.chat.services import ServiceError
 
     if anonymous and not settings.ALLOW_ANONYMOUS_SHARES:
         raise ServiceError("anonymous_off", _("Links readable without signing in are turned "

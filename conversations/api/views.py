@@ -32,9 +32,11 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from conversations import accounting, attachments, images, tokens
-from conversations.generation import FAILURE_MESSAGES
+from conversations.answers.generation import FAILURE_MESSAGES
+from conversations.api import tokens
+from conversations.images import attachments, validator
 from conversations.models import Attachment, UsageRecord
+from conversations.usage import accounting
 from providers import crypto
 from providers.base import (
     ChatRequest,
@@ -498,7 +500,7 @@ def _store_images(user: Any, model: ModelConfig, spec: Spec
                 parts.append(attachments.image_part(attachment, model))
             wire.append(WireMessage(role=message.role,  # type: ignore[arg-type]
                                     text=message.text, images=tuple(parts)))
-    except (attachments.UploadRefused, images.ImageRejected) as exc:
+    except (attachments.UploadRefused, validator.ImageRejected) as exc:
         Attachment.objects.filter(pk__in=[a.pk for a in stored]).delete()
         raise _bad("invalid_image", exc.message, "messages") from None
     except BaseException:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from conversations import consumers
+from conversations.web import consumers
 
 websocket_urlpatterns = [
     path("ws/ping/", consumers.PingConsumer.as_asgi()),

@@ -13,17 +13,18 @@ from django.shortcuts import redirect, render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
-from conversations import selectors, services, sharing
 from conversations.access import Access, get_conversation_for
+from conversations.chat import selectors, services
 from conversations.models import Attachment, Message, ShareLink
-from conversations.views import _image_response
+from conversations.sharing import links
+from conversations.web.views import _image_response
 
 
 def _share_or_404(request: HttpRequest, token: str) -> ShareLink | HttpResponse:
-    share = sharing.get_valid_share(token)
+    share = links.get_valid_share(token)
     if share is None:
         raise Http404
-    if not sharing.share_readable_by(share, request.user):
+    if not links.share_readable_by(share, request.user):
         return redirect_to_login(request.get_full_path())
     return share
 
@@ -94,7 +95,7 @@ def share_create(request: HttpRequest, conversation_id: uuid.UUID) -> HttpRespon
     days_raw = request.POST.get("expires_in_days", "").strip()
     try:
         days = int(days_raw) if days_raw else None
-        share = sharing.create_share(request.user, conversation,
+        share = links.create_share(request.user, conversation,
                                      live=request.POST.get("live") == "1",
                                      anonymous=request.POST.get("anonymous") == "1",
                                      expires_in_days=days)
@@ -115,7 +116,7 @@ def share_revoke(request: HttpRequest, conversation_id: uuid.UUID, share_id: int
     share = ShareLink.objects.filter(pk=share_id, conversation=conversation).first()
     if share is None:
         raise Http404
-    sharing.revoke_share(share, request.user)
+    links.revoke_share(share, request.user)
     flash.success(request, _("The link was revoked. Anyone who had it open has lost it."))
     return redirect("conversation_settings", conversation_id=conversation.pk)
 
@@ -130,7 +131,7 @@ def export_conversation(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
     """?format=md, json or zip (JSON + Markdown + images). Whoever can read may export."""
     from django.utils.text import slugify
 
-    from conversations import transfer
+    from conversations.chat import transfer
 
     conversation = get_conversation_for(request.user, conversation_id, Access.READ)
     fmt = request.GET.get("format", "zip")
@@ -160,7 +161,7 @@ def export_conversation(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
 @login_required
 @require_POST
 def import_conversation(request: HttpRequest) -> HttpResponse:
-    from conversations import transfer
+    from conversations.chat import transfer
 
     upload = request.FILES.get("file")
     if upload is None:

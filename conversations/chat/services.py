@@ -14,10 +14,11 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils.translation import gettext as _
 
-from conversations import accounting, events
-from conversations.attachments import attach
+from conversations import events
+from conversations.chat.selectors import latest_leaf_under
+from conversations.images.attachments import attach
 from conversations.models import ACTIVE_STATUSES, Conversation, Message, MessageStatus
-from conversations.selectors import latest_leaf_under
+from conversations.usage import accounting
 from providers.base import ProviderError
 from providers.models import ModelConfig
 from providers.params import validate_params
@@ -252,7 +253,7 @@ def conversation_delete(conversation: Conversation) -> None:
     share_tokens = list(conversation.share_links.values_list("token", flat=True))
 
     def after() -> None:
-        from conversations.sharing import share_group
+        from conversations.sharing.links import share_group
 
         for message_id in active:
             events.publish_sync(events.generation_group(message_id), {"type": events.STOP})

@@ -13,7 +13,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_http_methods, require_POST
 
-from conversations import tokens
+from conversations.api import tokens
 from conversations.models import ApiToken
 
 

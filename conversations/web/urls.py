@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from conversations import share_views, views
+from conversations.web import share_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -42,7 +42,7 @@ urlpatterns = [
 ]
 
 # API tokens on the profile page (the API itself is conversations/api_urls.py, at /v1/).
-from conversations import token_views  # noqa: E402
+from conversations.web import token_views  # noqa: E402
 
 urlpatterns += [
     path("account/tokens/", token_views.token_list, name="api_tokens"),

@@ -252,7 +252,7 @@ def _active_messages(conversation_id: Any) -> list[dict[str, Any]]:
 def _message_for_resync(
         conversation_id: Any, seq: int) -> tuple[str | None, dict[str, Any] | None]:
     """The message's id, and its final `state` frame when it has already ended."""
-    from conversations.generation import u16_len
+    from conversations.answers.generation import u16_len
 
     message = Message.objects.filter(conversation_id=conversation_id, seq=seq).only(
         "pk", "seq", "role", "status", "content", "finish_reason", "error_code",
@@ -292,16 +292,16 @@ class ShareConsumer(ConversationConsumer):
     """
 
     async def connect(self) -> None:
-        from conversations import sharing
+        from conversations.sharing import links
 
         self.user = self.scope.get("user")
         self.joined = []
         self.token = self.scope["url_route"]["kwargs"]["token"]
-        share = await off_loop(sharing.get_valid_share)(self.token)
+        share = await off_loop(links.get_valid_share)(self.token)
         if share is None:
             await self.close(code=CLOSE_FORBIDDEN)
             return
-        if not sharing.share_readable_by(share, self.user):
+        if not links.share_readable_by(share, self.user):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.share_live = share.live
@@ -310,7 +310,7 @@ class ShareConsumer(ConversationConsumer):
         self.checked_at = time.monotonic()
         self.sent_bytes = self.acked_bytes = 0
         self.held = set()
-        groups = [sharing.share_group(self.token)]
+        groups = [links.share_group(self.token)]
         if share.live:
             groups.append(events.conversation_group(self.conversation_id))
         for group in groups:
@@ -334,12 +334,12 @@ class ShareConsumer(ConversationConsumer):
             await self.close(code=CLOSE_FORBIDDEN)
 
     async def _still_allowed(self, force: bool = False) -> bool:
-        from conversations import sharing
+        from conversations.sharing import links
 
         now = time.monotonic()
         if force or now - self.checked_at > ACCESS_RECHECK_SECONDS:
             self.checked_at = now
-            share = await off_loop(sharing.get_valid_share)(self.token)
+            share = await off_loop(links.get_valid_share)(self.token)
             if share is None:
                 await self._send({"type": "revoked", "reason": "revoked"})
                 await self.close(code=CLOSE_FORBIDDEN)

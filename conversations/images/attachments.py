@@ -19,7 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from conversations import images
+from conversations.images import validator
 from conversations.models import Attachment, Message
 from providers.base import ImagePart
 from providers.models import ModelConfig
@@ -34,8 +34,8 @@ class UploadRefused(Exception):
         self.message = message
 
 
-def _limits() -> images.ImageLimits:
-    return images.ImageLimits(max_bytes=settings.IMAGE_MAX_BYTES,
+def _limits() -> validator.ImageLimits:
+    return validator.ImageLimits(max_bytes=settings.IMAGE_MAX_BYTES,
                               max_pixels=min(settings.IMAGE_MAX_PIXELS, 80_000_000))
 
 
@@ -46,21 +46,21 @@ def attachment_create(user: Any, upload: UploadedFile) -> Attachment:
                             % {"mb": upload.size / 1_048_576,
                                "limit": settings.IMAGE_MAX_BYTES / 1_048_576})
     try:
-        clean = images.validate_image(cast(BinaryIO, upload.file), _limits())
-    except images.ImageRejected as exc:
+        clean = validator.validate_image(cast(BinaryIO, upload.file), _limits())
+    except validator.ImageRejected as exc:
         raise UploadRefused(str(exc.code), exc.message) from None
-    name = default_storage.save(images.generated_name(clean), ContentFile(clean.data))
+    name = default_storage.save(validator.generated_name(clean), ContentFile(clean.data))
     return Attachment.objects.create(
         owner=user, file=name, mime_type=clean.mime_type, width=clean.width,
         height=clean.height, size=len(clean.data), sha256=clean.sha256,
-        display_name=images.display_name(upload.name or ""))
+        display_name=validator.display_name(upload.name or ""))
 
 
 def attach(user: Any, message: Message, attachment_ids: Iterable[uuid.UUID],
            model: ModelConfig) -> list[Attachment]:
     """Attach the user's own, not yet sent uploads to a new prompt (inside its transaction)."""
     ids = list(dict.fromkeys(attachment_ids))
-    from conversations.services import ServiceError
+    from conversations.chat.services import ServiceError
 
     if ids and not model.vision:
         raise ServiceError("no_images", _("%(model)s does not take images. Remove them or pick "
@@ -97,7 +97,7 @@ def signed_url(attachment: Attachment, max_side: int | None = None) -> str:
     """A signed, expiring URL of the image; with `max_side` the server scales it down first
     (the size is part of the signed id, so it cannot be changed)."""
     image_id = str(attachment.pk) if not max_side else f"{attachment.pk}.s{int(max_side)}"
-    return images.sign_image_url(settings.SITE_URL, image_id, secret=_signing_secret(),
+    return validator.sign_image_url(settings.SITE_URL, image_id, secret=_signing_secret(),
                                  ttl_seconds=settings.IMAGE_URL_TTL_SECONDS)
 
 
@@ -108,17 +108,17 @@ def parse_signed_id(image_id: str) -> tuple[uuid.UUID, int | None]:
 
 
 def signature_valid(image_id: str, exp: str, sig: str) -> bool:
-    return images.verify_image_signature(image_id, exp, sig, secret=_signing_secret())
+    return validator.verify_image_signature(image_id, exp, sig, secret=_signing_secret())
 
 
 def fit(attachment: Attachment, data: bytes, *, max_side: int | None,
-        max_pixels: int | None = None, max_bytes: int | None = None) -> images.CleanImage:
+        max_pixels: int | None = None, max_bytes: int | None = None) -> validator.CleanImage:
     """The stored image scaled down (never up) to these limits."""
-    clean = images.CleanImage(data=data, mime_type=attachment.mime_type,
+    clean = validator.CleanImage(data=data, mime_type=attachment.mime_type,
                               extension="png" if attachment.mime_type == "image/png" else "jpg",
                               width=attachment.width, height=attachment.height,
                               source_format="stored", sha256=attachment.sha256)
-    return images.resize_to_fit(clean, max_side=max_side, max_pixels=max_pixels,
+    return validator.resize_to_fit(clean, max_side=max_side, max_pixels=max_pixels,
                                 max_bytes=max_bytes)
 
 
@@ -150,7 +150,7 @@ def image_parts_for(message: Message, model: ModelConfig) -> tuple[ImagePart, ..
             parts.append(image_part(attachment, model))
         except FileNotFoundError:
             _mark_lost(attachment)
-        except images.ImageRejected:
+        except validator.ImageRejected:
             # Only when no size down to 1x1 meets the model's byte limit: a misconfigured
             # model. Leaving the image out beats an answer that never ends.
             log.warning("image %s cannot be fitted to %s; left out", attachment.pk, model.slug)
@@ -190,7 +190,7 @@ def cleanup(now: Any = None) -> CleanupReport:
       "image expired" placeholder);
     - files left behind by deleted conversations (rows deleted with them) are removed by the
       post_delete signal; this pass also deletes any stored file of ours (named like
-      images.generated_name) that no row refers to.
+      validator.generated_name) that no row refers to.
     """
     now = now or timezone.now()
     report = CleanupReport()
@@ -226,7 +226,7 @@ def _listdir(path: str) -> tuple[list[str], list[str]]:
 
 
 def _stored_names() -> Iterable[str]:
-    """Stored files shaped like images.generated_name: 'ab/cd/abcd<28 hex>.png'.
+    """Stored files shaped like validator.generated_name: 'ab/cd/abcd<28 hex>.png'.
 
     Only that layout is ours. MEDIA_ROOT may hold other things (an admin's logo.png, a
     bucket shared with another app), and nothing else may ever be taken for an orphan.

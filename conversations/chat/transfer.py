@@ -12,7 +12,8 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from conversations import attachments, selectors
+from conversations.chat import selectors
+from conversations.images import attachments
 from conversations.models import Attachment, Conversation, Message, MessageStatus
 from providers.models import ModelConfig
 

@@ -14,7 +14,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from conversations.runtime import CaptureLoopMiddleware  # noqa: E402
+from conversations.answers.jobs import CaptureLoopMiddleware  # noqa: E402
 from conversations.web.routing import websocket_urlpatterns  # noqa: E402
 
 application = CaptureLoopMiddleware(ProtocolTypeRouter(

@@ -9,7 +9,7 @@ way, and never again once the row exists (later administrators come from the adm
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 
 from chatsite.models import SiteBootstrap
@@ -36,7 +36,7 @@ def needs_first_admin() -> bool:
     return True
 
 
-def create_first_admin(username: str, email: str, password: str) -> AbstractBaseUser:
+def create_first_admin(username: str, email: str, password: str) -> User:
     global _done
     User = get_user_model()
     try:

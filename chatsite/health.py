@@ -14,6 +14,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from chatsite.celery import app
+
 CHECK_TIMEOUT = 3.0
 
 
@@ -35,8 +37,6 @@ async def _check_channel_layer() -> None:
 
 
 def _check_broker() -> None:
-    from chatsite.celery import app
-
     with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=CHECK_TIMEOUT)
 

@@ -10,6 +10,7 @@ Two modes:
 from __future__ import annotations
 
 import os
+from typing import Any
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -196,7 +197,7 @@ if REDIS_URL:
                 },
             }
         }
-    CACHES = {
+    CACHES: dict[str, dict[str, Any]] = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,

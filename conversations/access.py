@@ -10,13 +10,15 @@ import enum
 import uuid
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
+from django.db.models import Q, QuerySet
 from django.http import Http404
 
-from conversations.models import Conversation, Message
+from conversations.models import Attachment, Conversation, Message, TeamSettings
 from conversations.runtime import off_loop
 
-User = AbstractBaseUser | AnonymousUser
+# Who asks: a signed-in user (Django's own user model) or an anonymous visitor.
+Viewer = User | AnonymousUser
 
 
 class Access(enum.IntEnum):
@@ -26,21 +28,34 @@ class Access(enum.IntEnum):
     MANAGE = 3  # rename, move, share, delete, change model and settings
 
 
-def conversation_access(user: User | Any, conversation: Conversation) -> Access:
+def conversation_access(user: Viewer, conversation: Conversation) -> Access:
     if user is None or not user.is_authenticated or not user.is_active:
         return Access.NONE
     if conversation.owner_id == user.pk:
         return Access.MANAGE
     if conversation.team_id and user.groups.filter(pk=conversation.team_id).exists():
-        from conversations.sharing.teams import members_can_continue
-
         return Access.CONTINUE if members_can_continue(conversation.team_id) else Access.READ
     if getattr(user, "is_superuser", False):
         return Access.READ  # support and oversight; every such opening is audited
     return Access.NONE
 
 
-def is_oversight(user: User | Any, conversation: Conversation) -> bool:
+def members_can_continue(team_id: int) -> bool:
+    """May a team's members post into its shared conversations (a team setting)?"""
+    settings_row = TeamSettings.objects.filter(team_id=team_id).only("members_can_continue").first()
+    # No settings row yet: the field's default (members may continue) applies.
+    return True if settings_row is None else settings_row.members_can_continue
+
+
+def conversations_visible_to(user: Viewer) -> QuerySet[Conversation]:
+    """The conversations a user lists and searches: their own and their teams'.
+
+    (Oversight reads by superusers are one conversation at a time, audited; never listed.)
+    """
+    return Conversation.objects.filter(Q(owner=user) | Q(team__in=user.groups.all()))
+
+
+def is_oversight(user: Viewer, conversation: Conversation) -> bool:
     """True when a superuser reads a conversation only because they are a superuser."""
     return bool(getattr(user, "is_superuser", False) and conversation.owner_id != user.pk
                 and not (conversation.team_id
@@ -54,7 +69,7 @@ def _parse_uuid(value: Any) -> uuid.UUID:
         raise Http404 from None
 
 
-def get_conversation_for(user: User | Any, conversation_id: Any, need: Access) -> Conversation:
+def get_conversation_for(user: Viewer, conversation_id: Any, need: Access) -> Conversation:
     """The conversation if `user` has at least `need` on it; Http404 otherwise."""
     pk = _parse_uuid(conversation_id)
     conversation = (Conversation.objects.select_related("model", "model__provider")
@@ -64,7 +79,7 @@ def get_conversation_for(user: User | Any, conversation_id: Any, need: Access) -
     return conversation
 
 
-def get_message_for(user: User | Any, conversation: Conversation, message_id: Any) -> Message:
+def get_message_for(user: Viewer, conversation: Conversation, message_id: Any) -> Message:
     """A message of a conversation already fetched through get_conversation_for."""
     message = Message.objects.filter(pk=_parse_uuid(message_id),
                                      conversation=conversation).first()
@@ -74,14 +89,36 @@ def get_message_for(user: User | Any, conversation: Conversation, message_id: An
 
 
 @off_loop
-def aget_conversation_for(user: User | Any, conversation_id: Any, need: Access) -> Conversation:
+def aget_conversation_for(user: Viewer, conversation_id: Any, need: Access) -> Conversation:
     return get_conversation_for(user, conversation_id, need)
 
 
 @off_loop
-def aconversation_access(user: User | Any, conversation_id: Any) -> Access:
+def aconversation_access(user: Viewer, conversation_id: Any) -> Access:
     try:
         conversation = Conversation.objects.get(pk=_parse_uuid(conversation_id))
     except (Conversation.DoesNotExist, Http404):
         return Access.NONE
     return conversation_access(user, conversation)
+
+
+def get_attachment_for(user: Viewer, attachment_id: Any) -> Attachment:
+    """An image for whoever can read the conversation it belongs to, or, before it is sent,
+    for its uploader only; Http404 otherwise."""
+    attachment = (Attachment.objects.select_related("conversation")
+                  .filter(pk=_parse_uuid(attachment_id)).first())
+    if attachment is None:
+        raise Http404
+    if attachment.conversation is None:
+        if attachment.owner_id != getattr(user, "pk", None):
+            raise Http404
+    elif conversation_access(user, attachment.conversation) < Access.READ:
+        raise Http404
+    return attachment
+
+
+def unsent_uploads_of(user: Viewer) -> QuerySet[Attachment]:
+    """Uploads of this user's that no sent message holds yet (the composer may discard them).
+
+    A queryset, so that "still unsent" is checked by the same statement that deletes."""
+    return Attachment.objects.filter(owner_id=getattr(user, "pk", None), message__isnull=True)

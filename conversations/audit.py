@@ -20,12 +20,17 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from axes.signals import user_locked_out
+from django.contrib.admin.models import LogEntry
 from django.contrib.auth import get_user_model
+from django.contrib.auth import signals as auth_signals
+from django.core.signals import request_started
 from django.db import models
 from django.db.models.signals import m2m_changed, post_save, pre_save
 from django.http import HttpRequest
 
 from conversations.models import AuditEvent, ShareLink
+from providers.models import ModelConfig, Provider
 
 # --- actions ----------------------------------------------------------------------------------
 LOGIN_SUCCEEDED = "login.succeeded"
@@ -356,13 +361,6 @@ def _attribute_admin_change(sender: Any, instance: Any, created: bool, raw: bool
 # --- wiring -----------------------------------------------------------------------------------
 def connect() -> None:
     """Connect every receiver (called once from ConversationsConfig.ready)."""
-    from axes.signals import user_locked_out
-    from django.contrib.admin.models import LogEntry
-    from django.contrib.auth import signals as auth_signals
-    from django.core.signals import request_started
-
-    from providers.models import ModelConfig, Provider
-
     user_model = get_user_model()
     auth_signals.user_logged_in.connect(_logged_in, dispatch_uid="audit-login")
     auth_signals.user_login_failed.connect(_login_failed, dispatch_uid="audit-login-failed")

@@ -1,9 +1,16 @@
-"""Channel-layer event types and group names, defined once.
+"""Channel-layer events, websocket frames and group names: every shape is built here, once.
 
 Groups:
 - `conv.<hex>`: every viewer of one conversation (deltas, new messages, status changes).
 - `gen.<hex>`: the runner generating one assistant message (stop, resync requests).
 - `user.<pk>`: every socket of one user (access changes).
+- `share.<hash>`: the viewers of one share link (sharing/links.py names it).
+
+Events travel between processes through the channel layer (dicts with a `type` that names the
+consumer's handler). Frames are what a consumer writes to the browser (docs/protocol.md): the
+hot ones (deltas, rendered blocks) are compact JSON arrays, every other one an object with a
+`type`. Offsets and lengths on the wire are UTF-16 code units, what a JavaScript string's
+`length` counts (`u16_len`).
 """
 
 from __future__ import annotations
@@ -13,20 +20,31 @@ import logging
 import uuid
 from typing import Any
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
 log = logging.getLogger(__name__)
 
 DELTA = "msg.delta"  # {"seq", "offset", "text"}
 BLOCKS = "msg.blocks"  # {"seq", "upto", "html"}: newly completed Markdown blocks, rendered
-STATE = "msg.state"  # {"seq", "status", ...}: a message changed state (final ones carry usage)
+STATE = "msg.state"  # {"seq", "id", "status", ...}: a message changed state (final: usage too)
 SNAPSHOT = "msg.snapshot"  # full current text of a streaming message, to one channel
 NEW = "msg.new"  # a message pair was added (other tabs and team members insert it)
 CONVERSATION = "conv.changed"  # title, model or other metadata changed
 REVOKED = "access.revoked"  # close sockets of a user who lost access
 
 STOP = "gen.stop"
-RESYNC = "gen.resync"  # {"seq", "reply_to"}
+RESYNC = "gen.resync"  # {"reply_to"}
+
+Event = dict[str, Any]
 
 
+def u16_len(text: str) -> int:
+    """Length in UTF-16 code units: characters beyond the BMP (emoji) count twice."""
+    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
+
+
+# --- groups -------------------------------------------------------------------------------------
 def conversation_group(conversation_id: uuid.UUID | str) -> str:
     return f"conv.{uuid.UUID(str(conversation_id)).hex}"
 
@@ -39,17 +57,108 @@ def user_group(user_id: Any) -> str:
     return f"user.{int(user_id)}"
 
 
+# --- events (channel layer) ---------------------------------------------------------------------
+def delta(seq: int, offset: int, text: str) -> Event:
+    return {"type": DELTA, "seq": seq, "offset": offset, "text": text}
+
+
+def blocks(seq: int, upto: int, html: str) -> Event:
+    return {"type": BLOCKS, "seq": seq, "upto": upto, "html": html}
+
+
+def snapshot(seq: int, text: str, upto: int, html: str) -> Event:
+    return {"type": SNAPSHOT, "seq": seq, "text": text, "upto": upto, "html": html}
+
+
+def state(seq: int, message_id: uuid.UUID | str, status: str, **extra: Any) -> Event:
+    """A state change; `streaming` carries nothing more, final states use `final_state`."""
+    return {"type": STATE, "seq": seq, "id": str(message_id), "status": status, **extra}
+
+
+def final_state(seq: int, message_id: uuid.UUID | str, status: str, *, text: str,
+                finish_reason: str = "", error_code: str = "", error_message: str = "",
+                prompt_tokens: int | None = None,
+                completion_tokens: int | None = None) -> Event:
+    """The last state of an answer: what a page needs to settle it without a reload."""
+    return state(seq, message_id, status, length=u16_len(text), finish_reason=finish_reason,
+                 error_code=error_code, error_message=error_message,
+                 usage={"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens})
+
+
+def final_state_of(message: Any) -> Event:
+    """`final_state` of a stored assistant message (a conversations.models.Message)."""
+    return final_state(message.seq, message.pk, message.status, text=message.content,
+                       finish_reason=message.finish_reason, error_code=message.error_code,
+                       error_message=message.error_message,
+                       prompt_tokens=message.prompt_tokens,
+                       completion_tokens=message.completion_tokens)
+
+
+def new_pair(assistant_seq: int, assistant_id: uuid.UUID | str, user_seq: int | None = None,
+             user_id: uuid.UUID | str | None = None) -> Event:
+    event: Event = {"type": NEW, "assistant_seq": assistant_seq,
+                    "assistant_id": str(assistant_id)}
+    if user_seq is not None and user_id is not None:
+        event.update({"user_seq": user_seq, "user_id": str(user_id)})
+    return event
+
+
+def conversation_changed(title: str) -> Event:
+    return {"type": CONVERSATION, "title": title}
+
+
+def revoked(reason: str, conversation: uuid.UUID | str | None = None) -> Event:
+    event: Event = {"type": REVOKED, "reason": reason}
+    if conversation is not None:
+        event["conversation"] = str(conversation)
+    return event
+
+
+def stop() -> Event:
+    return {"type": STOP}
+
+
+def resync(reply_to: str) -> Event:
+    return {"type": RESYNC, "reply_to": reply_to}
+
+
+# --- frames (websocket, to the browser) ---------------------------------------------------------
+def delta_frame(event: Event) -> list[Any]:
+    return ["d", event["seq"], event["offset"], event["text"]]
+
+
+def blocks_frame(event: Event) -> list[Any]:
+    return ["b", event["seq"], event["upto"], event["html"]]
+
+
+def frame(kind: str, **fields: Any) -> Event:
+    """An object frame: {"type": kind, ...}."""
+    return {"type": kind, **fields}
+
+
+def frame_of(kind: str, event: Event) -> Event:
+    """An event relayed as an object frame: its fields under the frame's own type."""
+    return {"type": kind, **{k: v for k, v in event.items() if k != "type"}}
+
+
+def error_frame(code: str, message: str) -> Event:
+    return frame("error", code=code, message=message)
+
+
+def hello_frame(conversation: str | None, access: str, active: list[Event]) -> Event:
+    return frame("hello", conversation=conversation, access=access, active=active)
+
+
+# --- publishing ---------------------------------------------------------------------------------
 # A lost live frame costs a viewer nothing (the next offset shows the gap and the page asks
 # for a snapshot); a lost final state leaves a page showing "writing". Those are retried.
 _RETRIED = frozenset({STATE, NEW, REVOKED})
 _RETRY_DELAYS = (0.05, 0.2, 0.5)
 
 
-async def publish(group: str, event: dict[str, Any]) -> None:
+async def publish(group: str, event: Event) -> None:
     """Send `event` to `group`. Never raises: the channel layer being full or away must not
     fail the answer being written (its text is saved regardless)."""
-    from channels.layers import get_channel_layer
-
     layer = get_channel_layer()
     if layer is None:
         return
@@ -66,7 +175,5 @@ async def publish(group: str, event: dict[str, Any]) -> None:
             await asyncio.sleep(delays[attempt])
 
 
-def publish_sync(group: str, event: dict[str, Any]) -> None:
-    from asgiref.sync import async_to_sync
-
+def publish_sync(group: str, event: Event) -> None:
     async_to_sync(publish)(group, event)

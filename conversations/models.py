@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import models
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from providers.models import ModelConfig
@@ -264,8 +266,6 @@ class ApiToken(models.Model):
 
 
 def _share_token() -> str:
-    import secrets
-
     return secrets.token_urlsafe(24)
 
 
@@ -294,8 +294,6 @@ class ShareLink(models.Model):
         return f"{self.conversation} ({self.token[:6]}…)"
 
     def is_valid(self, now: Any = None) -> bool:
-        from django.utils import timezone
-
         now = now or timezone.now()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 

@@ -35,6 +35,7 @@ from functools import lru_cache
 from typing import Any
 
 import nh3
+from django.core.cache import cache
 from markdown_it import MarkdownIt
 from markdown_it.common.utils import escapeHtml
 from markdown_it.renderer import RendererHTML
@@ -462,8 +463,6 @@ def render_markdown_cached(text: str) -> str:
     """
     if len(text) < _CACHE_MIN_CHARS:
         return render_markdown(text)
-    from django.core.cache import cache
-
     key = _render_key(text)
     try:
         html = cache.get(key)

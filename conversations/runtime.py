@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -21,14 +21,15 @@ log = logging.getLogger(__name__)
 
 _loop: asyncio.AbstractEventLoop | None = None
 _background: set[asyncio.Task[Any]] = set()
-_periodic_started = False
 
 
-def capture(loop: asyncio.AbstractEventLoop) -> None:
+def capture(loop: asyncio.AbstractEventLoop) -> bool:
+    """Remember the server's loop (the first one only); True when this call captured it."""
     global _loop
-    if _loop is not loop:
-        _loop = loop
-        _start_periodic(loop)
+    if _loop is not None:
+        return False
+    _loop = loop
+    return True
 
 
 def server_loop() -> asyncio.AbstractEventLoop | None:
@@ -48,7 +49,7 @@ def off_loop(func: Any) -> Any:
     return DatabaseSyncToAsync(func, thread_sensitive=False)
 
 
-def submit(func: Callable[..., Awaitable[Any]], *args: Any) -> None:
+def submit(func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
     """Run `func(*args)` on the server loop, detached from the caller (fire and forget)."""
     loop = server_loop()
     if loop is None:
@@ -64,7 +65,12 @@ def submit(func: Callable[..., Awaitable[Any]], *args: Any) -> None:
         loop.call_soon_threadsafe(lambda: _spawn(func(*args)))
 
 
-def _spawn(coro: Awaitable[Any]) -> None:
+def spawn(coro: Coroutine[Any, Any, Any]) -> None:
+    """Run `coro` as a task of the running loop, kept alive and its failure logged."""
+    _spawn(coro)
+
+
+def _spawn(coro: Coroutine[Any, Any, Any]) -> None:
     # A fresh context: the job must not inherit the request's asgiref thread executor, which
     # is shut down when the request ends ("CurrentThreadExecutor already quit").
     task = asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
@@ -77,44 +83,3 @@ def _finished(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background job failed: %s", type(task.exception()).__name__,
                   exc_info=task.exception())
-
-
-def _start_periodic(loop: asyncio.AbstractEventLoop) -> None:
-    global _periodic_started
-    if _periodic_started:
-        return
-    _periodic_started = True
-    from conversations.answers.generation import reaper_loop
-
-    loop.call_soon_threadsafe(lambda: _spawn(reaper_loop()))
-    from django.conf import settings
-
-    if not settings.REDIS_URL:  # with Redis, Celery beat runs the cleanup
-        loop.call_soon_threadsafe(lambda: _spawn(_cleanup_loop(
-            settings.CLEANUP_INTERVAL_SECONDS)))
-
-
-async def _cleanup_loop(interval: float) -> None:
-    from channels.db import database_sync_to_async
-
-    from conversations.images.attachments import cleanup
-
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            report = await database_sync_to_async(cleanup)()
-            log.info("image cleanup: %s", report)
-        except Exception:
-            log.warning("image cleanup failed", exc_info=True)
-
-
-class CaptureLoopMiddleware:
-    """ASGI middleware: remember the server's event loop on the first connection."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
-        if _loop is None:
-            capture(asyncio.get_running_loop())
-        return await self.app(scope, receive, send)

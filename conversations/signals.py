@@ -6,10 +6,12 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models.signals import m2m_changed, post_save
+from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 
 from conversations import events
+from conversations.images.attachments import delete_files_after_commit
+from conversations.models import Attachment
 
 User = get_user_model()
 
@@ -18,7 +20,7 @@ def _tell_sockets(user_ids: list[Any]) -> None:
     def send() -> None:
         for user_id in user_ids:
             events.publish_sync(events.user_group(user_id),
-                                {"type": events.REVOKED, "reason": "access"})
+                                events.revoked("access"))
 
     transaction.on_commit(send)
 
@@ -41,17 +43,11 @@ def user_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None
 
 
 def _attachment_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
-    from conversations.images.attachments import delete_files_after_commit
-
     if instance.file:
         delete_files_after_commit([instance.file.name])
 
 
 def connect_attachment_signals() -> None:
-    from django.db.models.signals import post_delete
-
-    from conversations.models import Attachment
-
     post_delete.connect(_attachment_deleted, sender=Attachment,
                         dispatch_uid="attachment-file-cleanup")
 

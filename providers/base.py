@@ -126,7 +126,8 @@ StreamItem = Delta | Finish
 
 
 class ProviderClient(Protocol):
-    kind: str
+    @property
+    def kind(self) -> str: ...
 
     def stream(self, request: ChatRequest) -> AsyncIterator[StreamItem]: ...
 

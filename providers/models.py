@@ -18,7 +18,8 @@ from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_variables
 
 from providers import crypto
-from providers.base import ProviderConfig
+from providers.base import ProviderConfig, ProviderError
+from providers.params import specs_for, validate_params
 from providers.registry import OFFICIAL_BASE_URLS, is_official_base_url
 
 
@@ -115,13 +116,17 @@ def validate_base_url(kind: str, url: str) -> None:
         raise ValidationError(_("Use https for a remote provider."))
 
 
+class ProviderStatus(models.TextChoices):
+    UNTESTED = "untested", _("not tested")
+    OK = "ok", _("ok")
+    ERROR = "error", _("error")
+
+
 class Provider(models.Model):
     """One account at one backend. There is one row per kind."""
 
-    class Status(models.TextChoices):
-        UNTESTED = "untested", _("not tested")
-        OK = "ok", _("ok")
-        ERROR = "error", _("error")
+    # Declared outside: inside this class body `models` is also the reverse relation's name.
+    Status = ProviderStatus
 
     kind = models.CharField(_("kind"), max_length=20, choices=ProviderKind.choices, unique=True)
     name = models.CharField(_("name"), max_length=80)
@@ -286,9 +291,6 @@ class ModelConfig(models.Model):
         return self.display_name
 
     def clean(self) -> None:
-        from providers.base import ProviderError
-        from providers.params import validate_params
-
         if self.requires_image and not self.vision:
             raise ValidationError(_("A model that needs an image must accept images."))
         try:
@@ -302,6 +304,4 @@ class ModelConfig(models.Model):
                 + Decimal(completion_tokens or 0) * self.price_output_per_mtok) / million
 
     def param_specs(self) -> dict[str, Any]:
-        from providers.params import specs_for
-
         return specs_for(self.model_id)

@@ -55,7 +55,7 @@ class RetryPolicy:
             return None
         if retry_after is not None:
             return retry_after if retry_after <= self.max_retry_after else None
-        ceiling = min(self.max_delay, self.base_delay * 2 ** (failed_attempts - 1))
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** (failed_attempts - 1))
         return rand() * ceiling
 
 

@@ -16,7 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from providers import crypto
+from providers import catalogue, crypto
 from providers.base import (
     ChatRequest,
     Delta,
@@ -74,8 +74,6 @@ def sync_from_env(environ: Mapping[str, str]) -> list[str]:
     environment never wipes a working key). Raises ValidationError naming the variable when a
     *_BASE_URL is not allowed for that provider. Returns a line per change (never a secret).
     """
-    from providers import catalogue
-
     changes: list[str] = []
     # A `with` block, not the decorator: the decorator's frame would show `environ` in error
     # reports, past sensitive_variables.

@@ -485,7 +485,7 @@ def usage_report(request: HttpRequest) -> HttpResponse:
         "title": _("Usage report"),
         "form": form,
         "report": report,
-        "dimension_label": dict(form.fields["group_by"].choices).get(
+        "dimension_label": dict(form.fields["group_by"].choices).get(  # type: ignore[attr-defined]
             form.cleaned_data.get("group_by") or "day", "") if report else "",
         "chart": chart,
         "csv_query": query.urlencode(),

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.paginator import Page, Paginator
-from django.db import connection
 from django.db.models import Q, QuerySet
 
+from conversations.access import conversations_visible_to
 from conversations.models import Conversation, Message
+from conversations.tree import NO_BOUND, path_up
 
 PAGE_SIZE = 50
 LIST_PAGE_SIZE = 30
@@ -19,9 +20,8 @@ LIST_PAGE_SIZE = 30
 def conversation_list_for_user(user: Any, *, query: str = "", archived: bool = False,
                                page: int | str = 1) -> Page:
     """The user's own conversations and their teams', pinned first, newest first."""
-    qs: QuerySet[Conversation] = Conversation.objects.filter(
-        Q(owner=user) | Q(team__in=user.groups.all()), archived=archived
-    ).select_related("team", "model")
+    qs: QuerySet[Conversation] = conversations_visible_to(user).filter(
+        archived=archived).select_related("team", "model")
     query = query.strip()[:200]
     if query:
         matching_messages = Message.objects.filter(content__icontains=query).values(
@@ -62,45 +62,6 @@ class Thread:
     oldest_seq: int | None
 
 
-# The active branch, walked upwards from a message in the database itself, one row per step;
-# `counted` counts the rows below the seq bound so the walk stops once a page is filled: the
-# cost follows the page shown, not the conversation's length.
-_PATH_SQL = """
-WITH RECURSIVE path(id, parent_id, seq, counted) AS (
-    SELECT id, parent_id, seq, CASE WHEN seq < %(bound)s THEN 1 ELSE 0 END
-    FROM conversations_message WHERE id = %(start)s AND conversation_id = %(conversation)s
-  UNION ALL
-    SELECT m.id, m.parent_id, m.seq,
-           p.counted + CASE WHEN m.seq < %(bound)s THEN 1 ELSE 0 END
-    FROM conversations_message m JOIN path p ON m.id = p.parent_id
-    WHERE p.counted <= %(limit)s
-)
-SELECT id, parent_id, seq FROM path WHERE seq < %(bound)s ORDER BY seq DESC LIMIT %(rows)s
-"""
-_NO_BOUND = 2**31 - 1
-
-
-def _as_uuid(value: Any) -> uuid.UUID | None:
-    return None if value is None else value if isinstance(value, uuid.UUID) else uuid.UUID(value)
-
-
-def _path_up(conversation: Conversation, start: uuid.UUID, *, bound: int,
-             limit: int | None) -> list[tuple[uuid.UUID, uuid.UUID | None]]:
-    """(id, parent id) of the branch ending at `start`, oldest first: the last `limit` (or all)
-    of its messages whose seq is below `bound`."""
-    pk = Message._meta.pk
-    assert pk is not None
-    rows = _NO_BOUND if limit is None else limit
-    params = {"bound": bound, "start": pk.get_db_prep_value(start, connection),
-              "conversation": pk.get_db_prep_value(conversation.pk, connection),
-              "limit": rows, "rows": rows + 1}
-    with connection.cursor() as cursor:
-        cursor.execute(_PATH_SQL, params)
-        found = [(_as_uuid(mid), _as_uuid(parent)) for mid, parent, _seq in cursor.fetchall()]
-    found.reverse()
-    return [(mid, parent) for mid, parent in found if mid is not None]
-
-
 def _siblings(conversation: Conversation, parent_ids: set[uuid.UUID | None]
               ) -> dict[uuid.UUID | None, list[uuid.UUID]]:
     """parent id -> its children in creation order (attempts and edits), for these parents."""
@@ -124,9 +85,9 @@ def thread(conversation: Conversation, *, before_seq: int | None = None,
     """
     if conversation.active_leaf_id is None:
         return Thread(nodes=[], has_older=False, oldest_seq=None)
-    bound = min(before_seq if before_seq is not None else _NO_BOUND,
-                upto_seq + 1 if upto_seq is not None else _NO_BOUND)
-    path = _path_up(conversation, conversation.active_leaf_id, bound=bound, limit=limit)
+    bound = min(before_seq if before_seq is not None else NO_BOUND,
+                upto_seq + 1 if upto_seq is not None else NO_BOUND)
+    path = path_up(conversation, conversation.active_leaf_id, bound=bound, limit=limit)
     has_older = len(path) > limit
     window = path[-limit:] if limit else []
     children = _siblings(conversation, {parent for _mid, parent in window})
@@ -137,34 +98,12 @@ def thread(conversation: Conversation, *, before_seq: int | None = None,
     return Thread(nodes=nodes, has_older=has_older, oldest_seq=oldest)
 
 
-def history_for(assistant: Message) -> list[Message]:
-    """The messages a model sees for this answer: the branch up to its user prompt."""
-    if assistant.parent_id is None:
-        return []
-    chain = [mid for mid, _parent in _path_up(assistant.conversation, assistant.parent_id,
-                                               bound=_NO_BOUND, limit=None)]
-    by_id = {m.id: m for m in Message.objects.filter(pk__in=chain)}
-    return [by_id[mid] for mid in chain]
-
-
 def node_for(message: Message) -> ThreadNode:
     """One message with its siblings (attempts or edits under the same parent)."""
     siblings = list(Message.objects.filter(conversation_id=message.conversation_id,
                                            parent_id=message.parent_id)
                     .order_by("seq").values_list("pk", flat=True))
     return ThreadNode(message, siblings)
-
-
-def latest_leaf_under(conversation: Conversation, message_id: uuid.UUID) -> uuid.UUID:
-    """Follow the newest child down from a message: where switching to it should land."""
-    children: dict[Any, list[uuid.UUID]] = {}
-    for child_id, parent_id in (Message.objects.filter(conversation=conversation)
-                                .order_by("seq").values_list("id", "parent_id")):
-        children.setdefault(parent_id, []).append(child_id)
-    node = message_id
-    while children.get(node):
-        node = children[node][-1]
-    return node
 
 
 def active_messages(conversation: Conversation) -> list[Message]:

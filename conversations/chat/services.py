@@ -1,7 +1,8 @@
 """Writes: every change to conversations goes through these functions.
 
-They validate, write in one transaction, and leave side effects (starting a generation,
-broadcasting) to run after commit. Permission checks happen before, in access.py.
+A service owns its use case: it validates, writes in one transaction, and registers what
+follows with `transaction.on_commit` (starting the answer through answers/jobs.py, telling
+the other viewers). Views only parse, check access (access.py), call, and shape the reply.
 """
 
 from __future__ import annotations
@@ -15,23 +16,16 @@ from django.db.models import F
 from django.utils.translation import gettext as _
 
 from conversations import events
-from conversations.chat.selectors import latest_leaf_under
+from conversations.answers import jobs
+from conversations.errors import ServiceError
 from conversations.images.attachments import attach
 from conversations.models import ACTIVE_STATUSES, Conversation, Message, MessageStatus
+from conversations.sharing.links import share_group
+from conversations.tree import latest_leaf_under
 from conversations.usage import accounting
 from providers.base import ProviderError
 from providers.models import ModelConfig
 from providers.params import validate_params
-
-
-class ServiceError(Exception):
-    """A refusal with a user-facing message; nothing was changed."""
-
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
 
 
 def _check_model(user: Any, model: ModelConfig | None) -> ModelConfig:
@@ -138,6 +132,7 @@ def message_post(user: Any, conversation: Conversation, *, text: str, client_id:
                 locked.title = auto_title(text)
                 update.append("title")
             locked.save(update_fields=update)
+            _start_on_commit(locked, user_message, assistant)
     except IntegrityError:
         # Two requests with one client_id raced: the other one won; return its pair.
         existing = _existing_pair(conversation, client_id)
@@ -146,6 +141,21 @@ def message_post(user: Any, conversation: Conversation, *, text: str, client_id:
         raise
     conversation.refresh_from_db()
     return PostResult(user_message, assistant, created=True, warnings=warnings)
+
+
+def _start_on_commit(conversation: Conversation, user_message: Message | None,
+                     assistant: Message) -> None:
+    """After commit: start the answer, then tell the other viewers the thread grew."""
+    event = events.new_pair(assistant.seq, assistant.pk,
+                            user_message.seq if user_message else None,
+                            user_message.pk if user_message else None)
+    group = events.conversation_group(conversation.pk)
+
+    def after() -> None:
+        jobs.start(assistant)
+        events.publish_sync(group, event)
+
+    transaction.on_commit(after)
 
 
 def _parent_for_new_prompt(conversation: Conversation, edit_of: Message | None) -> Message | None:
@@ -182,6 +192,7 @@ def regenerate(user: Any, conversation: Conversation, assistant: Message) -> Mes
         accounting.record_start(user, model, team_id=locked.team_id, message=attempt)
         locked.active_leaf = attempt
         locked.save(update_fields=["active_leaf", "updated_at"])
+        _start_on_commit(locked, None, attempt)
     return attempt
 
 
@@ -198,7 +209,7 @@ def generation_stop(message: Message) -> bool:
         stop_requested=True)
     if updated:
         transaction.on_commit(lambda: events.publish_sync(
-            events.generation_group(message.pk), {"type": events.STOP}))
+            events.generation_group(message.pk), events.stop()))
     return bool(updated)
 
 
@@ -241,7 +252,7 @@ def conversation_update(user: Any, conversation: Conversation, *, title: str | N
         conversation.save(update_fields=[*fields, "updated_at"])
         transaction.on_commit(lambda: events.publish_sync(
             events.conversation_group(conversation.pk),
-            {"type": events.CONVERSATION, "title": conversation.display_title}))
+            events.conversation_changed(conversation.display_title)))
     return conversation
 
 
@@ -253,24 +264,11 @@ def conversation_delete(conversation: Conversation) -> None:
     share_tokens = list(conversation.share_links.values_list("token", flat=True))
 
     def after() -> None:
-        from conversations.sharing.links import share_group
-
         for message_id in active:
-            events.publish_sync(events.generation_group(message_id), {"type": events.STOP})
+            events.publish_sync(events.generation_group(message_id), events.stop())
         for group in [events.conversation_group(conversation_id),
                       *(share_group(token) for token in share_tokens)]:
-            events.publish_sync(group, {"type": events.REVOKED, "reason": "deleted"})
+            events.publish_sync(group, events.revoked("deleted"))
 
     conversation.delete()
     transaction.on_commit(after)
-
-
-def announce_new(conversation: Conversation, user_message: Message | None,
-                 assistant: Message) -> None:
-    """Tell other viewers (tabs, team members) that the thread grew."""
-    event: dict[str, Any] = {"type": events.NEW, "assistant_seq": assistant.seq,
-                             "assistant_id": str(assistant.pk)}
-    if user_message is not None:
-        event.update({"user_seq": user_message.seq, "user_id": str(user_message.pk)})
-    transaction.on_commit(lambda: events.publish_sync(events.conversation_group(conversation.pk),
-                                                      event))

@@ -143,12 +143,15 @@ def import_conversation(user: Any, raw: bytes) -> Conversation:
     for row in rows:
         if not isinstance(row, dict) or row.get("role") not in ("user", "assistant"):
             raise ImportRefused(_("A message has no valid role."))
-        parent = ids.get(row.get("parent")) if row.get("parent") else None
+        parent_ref = row.get("parent")
+        parent = ids.get(parent_ref) if isinstance(parent_ref, str) else None
         if row.get("parent") and parent is None:
             raise ImportRefused(_("A message refers to a parent that comes later or not at "
                                   "all."))
         seq += 1
-        status = row.get("status") if row.get("status") in MessageStatus.values else "complete"
+        raw_status = row.get("status")
+        status = raw_status if isinstance(raw_status, str) and raw_status in MessageStatus.values \
+            else MessageStatus.COMPLETE
         if status in ("queued", "streaming"):
             status = MessageStatus.INTERRUPTED
         message = Message.objects.create(

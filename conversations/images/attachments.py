@@ -19,7 +19,9 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from conversations.errors import ServiceError
 from conversations.images import validator
+from conversations.images.rules import check_image_counts
 from conversations.models import Attachment, Message
 from providers.base import ImagePart
 from providers.models import ModelConfig
@@ -27,11 +29,8 @@ from providers.models import ModelConfig
 log = logging.getLogger(__name__)
 
 
-class UploadRefused(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class UploadRefused(ServiceError):
+    """An upload the one validator refused (or too large to read); nothing was stored."""
 
 
 def _limits() -> validator.ImageLimits:
@@ -60,19 +59,7 @@ def attach(user: Any, message: Message, attachment_ids: Iterable[uuid.UUID],
            model: ModelConfig) -> list[Attachment]:
     """Attach the user's own, not yet sent uploads to a new prompt (inside its transaction)."""
     ids = list(dict.fromkeys(attachment_ids))
-    from conversations.chat.services import ServiceError
-
-    if ids and not model.vision:
-        raise ServiceError("no_images", _("%(model)s does not take images. Remove them or pick "
-                                          "a vision model.") % {"model": model.display_name})
-    if model.requires_image and not ids:
-        raise ServiceError("image_required", _("%(model)s needs an image in every message.")
-                           % {"model": model.display_name})
-    limit = min(model.max_images or 0, settings.DATA_UPLOAD_MAX_NUMBER_FILES)
-    if len(ids) > limit:
-        raise ServiceError("too_many_images", _("%(model)s takes at most %(n)s image(s) per "
-                                                "message.") % {"model": model.display_name,
-                                                               "n": limit})
+    check_image_counts(model, [len(ids)])
     rows = list(Attachment.objects.select_for_update().filter(
         pk__in=ids, owner=user, message__isnull=True, expired=False))
     if len(rows) != len(ids):

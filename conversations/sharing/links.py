@@ -11,7 +11,8 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from conversations import events
+from conversations import audit, events
+from conversations.errors import ServiceError
 from conversations.models import Conversation, ShareLink
 
 
@@ -23,8 +24,6 @@ def share_group(token: str) -> str:
 
 def create_share(user: Any, conversation: Conversation, *, live: bool = False,
                  expires_in_days: int | None = None, anonymous: bool = False) -> ShareLink:
-    from conversations.chat.services import ServiceError
-
     if anonymous and not settings.ALLOW_ANONYMOUS_SHARES:
         raise ServiceError("anonymous_off", _("Links readable without signing in are turned "
                                               "off on this site."))
@@ -42,12 +41,10 @@ def revoke_share(share: ShareLink, actor: Any = None) -> bool:
         revoked_at=timezone.now())
     if updated:
         share.refresh_from_db()
-        from conversations import audit
-
         audit.record_share_revoked(share, actor=actor)
         token = share.token
         transaction.on_commit(lambda: events.publish_sync(
-            share_group(token), {"type": events.REVOKED, "reason": "revoked"}))
+            share_group(token), events.revoked("revoked")))
     return bool(updated)
 
 
@@ -63,3 +60,8 @@ def share_readable_by(share: ShareLink, user: Any) -> bool:
     if share.anonymous and settings.ALLOW_ANONYMOUS_SHARES:
         return True
     return bool(user is not None and user.is_authenticated and user.is_active)
+
+
+def shares_of(conversation: Conversation) -> list[ShareLink]:
+    """A conversation's links, newest first (its settings page lists them)."""
+    return list(conversation.share_links.order_by("-created_at"))

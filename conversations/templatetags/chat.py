@@ -5,6 +5,7 @@ from typing import Any
 from django import template
 from django.utils.safestring import SafeString, mark_safe
 
+from conversations import events
 from conversations.rendering import (
     render_markdown,
     render_markdown_cached,
@@ -37,10 +38,8 @@ def stream_parts(text: str) -> dict[str, Any]:
     """For an answer still being written: rendered finished blocks + the raw open tail."""
     text = text or ""
     upto = split_stable(text)
-    from conversations.answers.generation import u16_len
-
     return {"html": mark_safe(render_markdown(text[:upto])),
-            "upto": u16_len(text[:upto]), "tail": text[upto:]}
+            "upto": events.u16_len(text[:upto]), "tail": text[upto:]}
 
 
 @register.filter

@@ -12,19 +12,17 @@ from django.db.models import Q, Sum
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from conversations.errors import ServiceError
 from conversations.models import Budget, UsageRecord
 from providers.models import ModelConfig
 
 
-class LimitExceeded(Exception):
+class LimitExceeded(ServiceError):
     """A limit stops this request; the message says which and when it resets."""
 
     def __init__(self, code: str, message: str, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.retry_after = retry_after
-        self.status = 429 if code != "prompt_too_large" else 400
+        super().__init__(code, message, 429 if code != "prompt_too_large" else 400,
+                         retry_after=retry_after)
 
 
 @dataclass
@@ -152,3 +150,4 @@ def record_finish(record: UsageRecord | int, *, status: str, model: ModelConfig,
         completion_tokens=completion_tokens or 0,
         cost=model.cost(prompt_tokens, completion_tokens), request_id=request_id[:120],
         ttft_ms=ttft_ms, duration_ms=duration_ms)
+

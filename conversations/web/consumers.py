@@ -12,11 +12,13 @@ import time
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.contrib.auth import get_user_model
 
 from conversations import events
 from conversations.access import Access, aconversation_access
 from conversations.models import ACTIVE_STATUSES, Message
 from conversations.runtime import off_loop
+from conversations.sharing import links
 
 # Close codes (documented in docs/protocol.md).
 CLOSE_UNAUTHENTICATED = 4401
@@ -68,10 +70,9 @@ class PingConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         frame = decode_frame(text_data)
         if frame is None:
-            await self.send(json.dumps({"type": "error", "code": "bad_frame",
-                                        "message": "Frames must be JSON objects."}))
+            await self.send(_dumps(events.error_frame("bad_frame", "Frames must be JSON objects.")))
             return
-        await self.send(json.dumps({"type": "pong", "ref": frame.get("ref")}))
+        await self.send(_dumps(events.frame("pong", ref=frame.get("ref"))))
 
 
 class ConversationConsumer(AsyncWebsocketConsumer):
@@ -109,8 +110,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             self.joined.append(group)
         await self.accept()
         active = await _active_messages(self.conversation_id)
-        await self._send({"type": "hello", "conversation": str(self.conversation_id),
-                          "access": self.access.name.lower(), "active": active})
+        await self._send(events.hello_frame(str(self.conversation_id),
+                                            self.access.name.lower(), active))
         for item in active:
             await self._ask_snapshot(item["id"])
 
@@ -122,8 +123,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         frame = decode_frame(text_data)
         if frame is None:
-            await self._send({"type": "error", "code": "bad_frame",
-                              "message": "Frames must be JSON objects of at most 64 KB."})
+            await self._send(events.error_frame(
+                "bad_frame", "Frames must be JSON objects of at most 64 KB."))
             return
         kind = frame.get("type")
         if kind == "ack":
@@ -131,10 +132,9 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         elif kind == "resync":
             await self._on_resync(frame.get("seq"))
         elif kind == "ping":
-            await self._send({"type": "pong", "ref": frame.get("ref")})
+            await self._send(events.frame("pong", ref=frame.get("ref")))
         else:
-            await self._send({"type": "error", "code": "unknown_type",
-                              "message": "Unknown frame type."})
+            await self._send(events.error_frame("unknown_type", "Unknown frame type."))
 
     async def _on_ack(self, value: Any) -> None:
         if isinstance(value, int) and self.acked_bytes <= value <= self.sent_bytes:
@@ -151,54 +151,51 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             return
         message_id, final = await _message_for_resync(self.conversation_id, seq)
         if message_id is None:
-            await self._send({"type": "error", "code": "not_found",
-                              "message": "No such message."})
+            await self._send(events.error_frame("not_found", "No such message."))
         elif final is not None:
             # It already ended (perhaps before this client even saw it start): no process is
             # writing it any more, so the answer comes from the database.
-            await self._send({"type": "state", **final})
+            await self._send(events.frame_of("state", final))
         else:
             await self._ask_snapshot(message_id)
 
     async def _ask_snapshot(self, message_id: str) -> None:
-        await self.channel_layer.group_send(events.generation_group(message_id), {
-            "type": events.RESYNC, "reply_to": self.channel_name})
+        await self.channel_layer.group_send(events.generation_group(message_id),
+                                            events.resync(self.channel_name))
 
     # --- events from the channel layer --------------------------------------------------------
     async def msg_delta(self, event: dict[str, Any]) -> None:
         if await self._may_relay(event["seq"]):
-            await self._send(["d", event["seq"], event["offset"], event["text"]])
+            await self._send(events.delta_frame(event))
 
     async def msg_blocks(self, event: dict[str, Any]) -> None:
         if await self._may_relay(event["seq"]):
-            await self._send(["b", event["seq"], event["upto"], event["html"]])
+            await self._send(events.blocks_frame(event))
 
     async def msg_snapshot(self, event: dict[str, Any]) -> None:
         if await self._still_allowed():
-            await self._send({"type": "snapshot", "seq": event["seq"], "text": event["text"],
-                              "upto": event.get("upto", 0), "html": event.get("html", "")})
+            await self._send(events.frame("snapshot", seq=event["seq"], text=event["text"],
+                                          upto=event.get("upto", 0), html=event.get("html", "")))
 
     async def msg_state(self, event: dict[str, Any]) -> None:
         if await self._still_allowed():
             self.held.discard(event["seq"])
-            await self._send({"type": "state", **{k: v for k, v in event.items()
-                                                   if k != "type"}})
+            await self._send(events.frame_of("state", event))
 
     async def msg_new(self, event: dict[str, Any]) -> None:
         if await self._still_allowed():
-            await self._send({"type": "new", **{k: v for k, v in event.items() if k != "type"}})
+            await self._send(events.frame_of("new", event))
 
     async def conv_changed(self, event: dict[str, Any]) -> None:
         if await self._still_allowed():
-            await self._send({"type": "conversation", **{k: v for k, v in event.items()
-                                                          if k != "type"}})
+            await self._send(events.frame_of("conversation", event))
 
     async def access_revoked(self, event: dict[str, Any]) -> None:
         conversation = event.get("conversation")
         if conversation and conversation != str(self.conversation_id):
             return
         if event.get("reason") == "deleted" or not await self._still_allowed(force=True):
-            await self._send({"type": "revoked", "reason": event.get("reason", "access")})
+            await self._send(events.frame("revoked", reason=event.get("reason", "access")))
             await self.close(code=CLOSE_FORBIDDEN)
 
     # --- helpers --------------------------------------------------------------------------
@@ -225,7 +222,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             self.access = (Access.NONE if user is None else
                            await aconversation_access(user, self.conversation_id))
             if self.access is Access.NONE:
-                await self._send({"type": "revoked", "reason": "access"})
+                await self._send(events.frame("revoked", reason="access"))
                 await self.close(code=CLOSE_FORBIDDEN)
                 return False
         return True
@@ -252,8 +249,6 @@ def _active_messages(conversation_id: Any) -> list[dict[str, Any]]:
 def _message_for_resync(
         conversation_id: Any, seq: int) -> tuple[str | None, dict[str, Any] | None]:
     """The message's id, and its final `state` frame when it has already ended."""
-    from conversations.answers.generation import u16_len
-
     message = Message.objects.filter(conversation_id=conversation_id, seq=seq).only(
         "pk", "seq", "role", "status", "content", "finish_reason", "error_code",
         "error_message", "prompt_tokens", "completion_tokens").first()
@@ -261,12 +256,7 @@ def _message_for_resync(
         return None, None
     if message.status in ACTIVE_STATUSES or message.role != "assistant":
         return str(message.pk), None
-    return str(message.pk), {
-        "seq": message.seq, "id": str(message.pk), "status": message.status,
-        "length": u16_len(message.content), "finish_reason": message.finish_reason,
-        "error_code": message.error_code, "error_message": message.error_message,
-        "usage": {"prompt_tokens": message.prompt_tokens,
-                  "completion_tokens": message.completion_tokens}}
+    return str(message.pk), events.final_state_of(message)
 
 
 @off_loop
@@ -278,8 +268,6 @@ def _message_id_for_seq(conversation_id: Any, seq: int) -> str | None:
 
 @off_loop
 def _fresh_user(user_id: Any) -> Any:
-    from django.contrib.auth import get_user_model
-
     return get_user_model().objects.filter(pk=user_id, is_active=True).first()
 
 
@@ -292,8 +280,6 @@ class ShareConsumer(ConversationConsumer):
     """
 
     async def connect(self) -> None:
-        from conversations.sharing import links
-
         self.user = self.scope.get("user")
         self.joined = []
         self.token = self.scope["url_route"]["kwargs"]["token"]
@@ -318,8 +304,7 @@ class ShareConsumer(ConversationConsumer):
             self.joined.append(group)
         await self.accept()
         active = await _active_messages(self.conversation_id) if share.live else []
-        await self._send({"type": "hello", "conversation": None, "access": "read",
-                          "active": active})
+        await self._send(events.hello_frame(None, "read", active))
         for item in active:
             await self._ask_snapshot(item["id"])
 
@@ -330,18 +315,16 @@ class ShareConsumer(ConversationConsumer):
     async def access_revoked(self, event: dict[str, Any]) -> None:
         if event.get("reason") in {"revoked", "deleted"} or not await self._still_allowed(
                 force=True):
-            await self._send({"type": "revoked", "reason": event.get("reason", "revoked")})
+            await self._send(events.frame("revoked", reason=event.get("reason", "revoked")))
             await self.close(code=CLOSE_FORBIDDEN)
 
     async def _still_allowed(self, force: bool = False) -> bool:
-        from conversations.sharing import links
-
         now = time.monotonic()
         if force or now - self.checked_at > ACCESS_RECHECK_SECONDS:
             self.checked_at = now
             share = await off_loop(links.get_valid_share)(self.token)
             if share is None:
-                await self._send({"type": "revoked", "reason": "revoked"})
+                await self._send(events.frame("revoked", reason="revoked"))
                 await self.close(code=CLOSE_FORBIDDEN)
                 return False
         return True

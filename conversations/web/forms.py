@@ -98,8 +98,9 @@ class ConversationSettingsForm(_ModelMixin, forms.Form):
                                     widget=forms.Textarea(attrs={"rows": 4}))
 
     def __init__(self, *args: Any, user: Any, conversation: Conversation, **kwargs: Any) -> None:
-        initial = {"model": conversation.model.slug, "system_prompt": conversation.system_prompt}
-        super().__init__(*args, initial=initial, **kwargs)
+        kwargs["initial"] = {"model": conversation.model.slug,
+                             "system_prompt": conversation.system_prompt}
+        super().__init__(*args, **kwargs)
         self.conversation = conversation
         self.fields["model"] = self._model_field(user)
         self.fields["model"].initial = conversation.model.slug

@@ -1,9 +1,8 @@
-"""Pages for share links and for moving conversations in and out (export, import)."""
+"""Share links: the read-only page for whoever holds one; creating and revoking links."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from django.contrib import messages as flash
 from django.contrib.auth.decorators import login_required
@@ -14,10 +13,11 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
 from conversations.access import Access, get_conversation_for
-from conversations.chat import selectors, services
+from conversations.chat import selectors
+from conversations.errors import ServiceError
 from conversations.models import Attachment, Message, ShareLink
 from conversations.sharing import links
-from conversations.web.views import _image_response
+from conversations.web.images import image_response
 
 
 def _share_or_404(request: HttpRequest, token: str) -> ShareLink | HttpResponse:
@@ -85,7 +85,7 @@ def share_image(request: HttpRequest, token: str, attachment_id: uuid.UUID) -> H
     if attachment is None or attachment.message is None or (
             not share.live and attachment.message.seq > share.upto_seq):
         raise Http404
-    return _image_response(attachment)
+    return image_response(attachment)
 
 
 @login_required
@@ -101,7 +101,7 @@ def share_create(request: HttpRequest, conversation_id: uuid.UUID) -> HttpRespon
                                      expires_in_days=days)
     except ValueError:
         flash.error(request, _("Expiry must be a number of days."))
-    except services.ServiceError as exc:
+    except ServiceError as exc:
         flash.error(request, exc.message)
     else:
         flash.success(request, _("Share link created: %(url)s") % {
@@ -119,59 +119,3 @@ def share_revoke(request: HttpRequest, conversation_id: uuid.UUID, share_id: int
     links.revoke_share(share, request.user)
     flash.success(request, _("The link was revoked. Anyone who had it open has lost it."))
     return redirect("conversation_settings", conversation_id=conversation.pk)
-
-
-def share_list_context(conversation: Any) -> list[ShareLink]:
-    return list(conversation.share_links.order_by("-created_at"))
-
-
-@login_required
-@require_GET
-def export_conversation(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
-    """?format=md, json or zip (JSON + Markdown + images). Whoever can read may export."""
-    from django.utils.text import slugify
-
-    from conversations.chat import transfer
-
-    conversation = get_conversation_for(request.user, conversation_id, Access.READ)
-    fmt = request.GET.get("format", "zip")
-    stem = slugify(conversation.display_title)[:60] or "conversation"
-    if fmt == "md":
-        response = HttpResponse(transfer.export_markdown(conversation),
-                                content_type="text/markdown; charset=utf-8")
-        name = f"{stem}.md"
-    elif fmt == "json":
-        import json
-
-        response = HttpResponse(json.dumps(transfer.export_data(conversation),
-                                           ensure_ascii=False, indent=2),
-                                content_type="application/json; charset=utf-8")
-        name = f"{stem}.json"
-    elif fmt == "zip":
-        response = HttpResponse(transfer.export_zip(conversation),
-                                content_type="application/zip")
-        name = f"{stem}.zip"
-    else:
-        raise Http404
-    response["Content-Disposition"] = f'attachment; filename="{name}"'
-    response["X-Content-Type-Options"] = "nosniff"
-    return response
-
-
-@login_required
-@require_POST
-def import_conversation(request: HttpRequest) -> HttpResponse:
-    from conversations.chat import transfer
-
-    upload = request.FILES.get("file")
-    if upload is None:
-        flash.error(request, _("Choose a file exported from this product (.json or .zip)."))
-        return redirect("home")
-    try:
-        conversation = transfer.import_conversation(request.user, upload.read(
-            transfer.MAX_IMPORT_BYTES + 1))
-    except transfer.ImportRefused as exc:
-        flash.error(request, exc.message)
-        return redirect("home")
-    flash.success(request, _("Conversation imported."))
-    return redirect("conversation", conversation_id=conversation.pk)

@@ -2,15 +2,15 @@ from __future__ import annotations
 
 from django.urls import path
 
-from conversations.web import share_views, views
+from conversations.web import images, share_views, token_views, transfer_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("c/new/", views.conversation_new, name="conversation_new"),
-    path("uploads/", views.upload_image, name="upload_image"),
-    path("uploads/<uuid:attachment_id>/discard/", views.upload_discard, name="upload_discard"),
-    path("images/<uuid:attachment_id>/", views.image, name="image"),
-    path("i/<str:image_id>", views.signed_image, name="signed_image"),
+    path("uploads/", images.upload_image, name="upload_image"),
+    path("uploads/<uuid:attachment_id>/discard/", images.upload_discard, name="upload_discard"),
+    path("images/<uuid:attachment_id>/", images.image, name="image"),
+    path("i/<str:image_id>", images.signed_image, name="signed_image"),
     path("c/<uuid:conversation_id>/", views.conversation_detail, name="conversation"),
     path("c/<uuid:conversation_id>/thread/", views.thread_fragment, name="thread_fragment"),
     path("c/<uuid:conversation_id>/messages/", views.message_post, name="message_post"),
@@ -23,9 +23,9 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/share/", share_views.share_create, name="share_create"),
     path("c/<uuid:conversation_id>/share/<int:share_id>/revoke/", share_views.share_revoke,
          name="share_revoke"),
-    path("c/<uuid:conversation_id>/export/", share_views.export_conversation,
+    path("c/<uuid:conversation_id>/export/", transfer_views.export_conversation,
          name="conversation_export"),
-    path("import/", share_views.import_conversation, name="conversation_import"),
+    path("import/", transfer_views.import_conversation, name="conversation_import"),
     path("s/<str:token>/", share_views.share_page, name="share"),
     path("s/<str:token>/thread/", share_views.share_thread, name="share_thread"),
     path("s/<str:token>/m/<uuid:message_id>/", share_views.share_message, name="share_message"),
@@ -41,9 +41,7 @@ urlpatterns = [
          name="message_switch"),
 ]
 
-# API tokens on the profile page (the API itself is conversations/api_urls.py, at /v1/).
-from conversations.web import token_views  # noqa: E402
-
+# API tokens on the profile page (the API itself is conversations/api/urls.py, at /v1/).
 urlpatterns += [
     path("account/tokens/", token_views.token_list, name="api_tokens"),
     path("account/tokens/<int:token_id>/revoke/", token_views.token_revoke,

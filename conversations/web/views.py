@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages as flash
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -15,6 +16,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_GET, require_POST
 
+from conversations import audit
 from conversations.access import (
     Access,
     conversation_access,
@@ -22,10 +24,10 @@ from conversations.access import (
     get_message_for,
     is_oversight,
 )
-from conversations.answers import generation
 from conversations.chat import selectors, services
-from conversations.images import attachments
-from conversations.models import Attachment, Conversation, Message
+from conversations.errors import ServiceError
+from conversations.models import Conversation, Message
+from conversations.sharing import links
 from conversations.web.forms import ConversationSettingsForm, NewConversationForm, param_fields
 from providers.models import ModelConfig
 
@@ -34,7 +36,7 @@ def _wants_json(request: HttpRequest) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
 
-def _error(request: HttpRequest, exc: services.ServiceError, fallback: str) -> HttpResponse:
+def _error(request: HttpRequest, exc: ServiceError, fallback: str) -> HttpResponse:
     if _wants_json(request):
         return JsonResponse({"error": {"code": exc.code, "message": exc.message}},
                             status=exc.status)
@@ -48,7 +50,7 @@ def _attachment_ids(request: HttpRequest) -> list[uuid.UUID]:
         try:
             ids.append(uuid.UUID(raw))
         except ValueError:
-            raise services.ServiceError("bad_attachment",
+            raise ServiceError("bad_attachment",
                                         _("One of the images is not available.")) from None
     return ids
 
@@ -90,11 +92,9 @@ def conversation_new(request: HttpRequest) -> HttpResponse:
                                            text=form.cleaned_data["text"],
                                            client_id=form.cleaned_data["client_id"],
                                            attachment_ids=_attachment_ids(request))
-        except services.ServiceError as exc:
+        except ServiceError as exc:
             form.add_error(None, exc.message)
         else:
-            if result.created:
-                generation.dispatch(result.assistant_message)
             for warning in result.warnings:
                 flash.warning(request, warning)
             return redirect("conversation", conversation_id=conversation.pk)
@@ -108,8 +108,6 @@ def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
     conversation = get_conversation_for(request.user, conversation_id, Access.READ)
     access = conversation_access(request.user, conversation)
     if is_oversight(request.user, conversation):
-        from conversations import audit
-
         audit.record("admin.opened_conversation", actor=request.user, request=request,
                      target=f"conversation {conversation.pk}",
                      details={"owner": conversation.owner.get_username()})
@@ -161,7 +159,7 @@ def message_post(request: HttpRequest, conversation_id: uuid.UUID) -> HttpRespon
     try:
         client_id = uuid.UUID(request.POST.get("client_id") or str(uuid.uuid4()))
     except ValueError:
-        return _error(request, services.ServiceError("bad_client_id",
+        return _error(request, ServiceError("bad_client_id",
                                                      _("The message id is malformed.")), fallback)
     edit_of = None
     if request.POST.get("edit_of"):
@@ -171,11 +169,8 @@ def message_post(request: HttpRequest, conversation_id: uuid.UUID) -> HttpRespon
                                        text=request.POST.get("text", ""), client_id=client_id,
                                        edit_of=edit_of,
                                        attachment_ids=_attachment_ids(request))
-    except services.ServiceError as exc:
+    except ServiceError as exc:
         return _error(request, exc, fallback)
-    if result.created:
-        generation.dispatch(result.assistant_message)
-        services.announce_new(conversation, result.user_message, result.assistant_message)
     if not _wants_json(request):
         for warning in result.warnings:
             flash.warning(request, warning)
@@ -203,10 +198,8 @@ def message_regenerate(request: HttpRequest, conversation_id: uuid.UUID,
     fallback = reverse("conversation", args=[conversation.pk])
     try:
         attempt = services.regenerate(request.user, conversation, message)
-    except services.ServiceError as exc:
+    except ServiceError as exc:
         return _error(request, exc, fallback)
-    generation.dispatch(attempt)
-    services.announce_new(conversation, None, attempt)
     if _wants_json(request):
         return JsonResponse({"assistant": {"seq": attempt.seq, "id": str(attempt.pk)}},
                             status=201)
@@ -242,11 +235,13 @@ def message_switch(request: HttpRequest, conversation_id: uuid.UUID,
 def conversation_update(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     conversation = get_conversation_for(request.user, conversation_id, Access.MANAGE)
     post = request.POST
-    flags = {name: post[name] == "1" for name in ("pinned", "archived") if name in post}
+    def flag(name: str) -> bool | None:
+        return post[name] == "1" if name in post else None
+
     try:
         services.conversation_update(request.user, conversation, title=post.get("title"),
-                                     **flags)
-    except services.ServiceError as exc:
+                                     pinned=flag("pinned"), archived=flag("archived"))
+    except ServiceError as exc:
         return _error(request, exc, reverse("conversation", args=[conversation.pk]))
     if _wants_json(request):
         return JsonResponse({"title": conversation.display_title, "pinned": conversation.pinned,
@@ -270,19 +265,15 @@ def conversation_settings(request: HttpRequest, conversation_id: uuid.UUID) -> H
                 request.user, conversation, model=form.cleaned_data["model"],
                 system_prompt=form.cleaned_data["system_prompt"], params=form.cleaned_params(),
                 team_id=int(team) if team else None)
-        except services.ServiceError as exc:
+        except ServiceError as exc:
             form.add_error(None, exc.message)
         else:
             flash.success(request, _("Settings saved."))
             return redirect("conversation", conversation_id=conversation.pk)
-    from django.conf import settings as site_settings
-
-    from conversations.web.share_views import share_list_context
-
     context = {**_list_context(request, conversation), **_models_context(request.user),
                "conversation": conversation, "form": form,
-               "shares": share_list_context(conversation),
-               "allow_anonymous_shares": site_settings.ALLOW_ANONYMOUS_SHARES}
+               "shares": links.shares_of(conversation),
+               "allow_anonymous_shares": settings.ALLOW_ANONYMOUS_SHARES}
     return render(request, "conversations/settings.html", context,
                   status=400 if form.errors else 200)
 
@@ -296,83 +287,3 @@ def conversation_delete(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
         return redirect("home")
     return render(request, "conversations/delete.html",
                   {**_list_context(request, conversation), "conversation": conversation})
-
-
-# --- images ---------------------------------------------------------------------------------
-@login_required
-@require_POST
-def upload_image(request: HttpRequest) -> HttpResponse:
-    """Validate and store one image for the composer; it is attached when the prompt is sent."""
-    upload = request.FILES.get("image")
-    if upload is None:
-        return JsonResponse({"error": {"code": "no_file", "message": _("Choose an image.")}},
-                            status=400)
-    try:
-        attachment = attachments.attachment_create(request.user, upload)
-    except attachments.UploadRefused as exc:
-        return JsonResponse({"error": {"code": exc.code, "message": exc.message}}, status=400)
-    return JsonResponse({"id": str(attachment.pk), "name": attachment.display_name,
-                         "width": attachment.width, "height": attachment.height,
-                         "url": reverse("image", args=[attachment.pk])}, status=201)
-
-
-@login_required
-@require_POST
-def upload_discard(request: HttpRequest, attachment_id: uuid.UUID) -> HttpResponse:
-    deleted, _rows = Attachment.objects.filter(pk=attachment_id, owner=request.user,
-                                               message__isnull=True).delete()
-    if not deleted:
-        raise Http404
-    return JsonResponse({"deleted": True})
-
-
-def _image_response(attachment: Attachment, max_side: int | None = None) -> HttpResponse:
-    if attachment.expired or not attachment.file:
-        return HttpResponse(_("This image has expired."), status=410,
-                            content_type="text/plain; charset=utf-8")
-    try:
-        data = attachments.read_bytes(attachment)
-    except OSError:
-        raise Http404 from None
-    mime_type = attachment.mime_type
-    if max_side and max(attachment.width, attachment.height) > max_side:
-        fitted = attachments.fit(attachment, data, max_side=max_side)
-        data, mime_type = fitted.data, fitted.mime_type
-    # Our own re-encoded PNG/JPEG: the type is fixed by us, never by the uploader (T03).
-    response = HttpResponse(data, content_type=mime_type)
-    response["X-Content-Type-Options"] = "nosniff"
-    extension = "png" if mime_type == "image/png" else "jpg"
-    response["Content-Disposition"] = f'inline; filename="image.{extension}"'
-    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
-    response["Cache-Control"] = "private, max-age=3600"
-    return response
-
-
-@login_required
-@require_GET
-def image(request: HttpRequest, attachment_id: uuid.UUID) -> HttpResponse:
-    """An image, for whoever can read the conversation it belongs to (or its uploader)."""
-    attachment = Attachment.objects.select_related("conversation").filter(
-        pk=attachment_id).first()
-    if attachment is None:
-        raise Http404
-    if attachment.conversation is None:
-        if attachment.owner_id != request.user.pk:
-            raise Http404
-    elif conversation_access(request.user, attachment.conversation) < Access.READ:
-        raise Http404
-    return _image_response(attachment)
-
-
-@require_GET
-def signed_image(request: HttpRequest, image_id: str) -> HttpResponse:
-    """An image at a signed, expiring URL, without a session: what DashScope fetches."""
-    exp, sig = request.GET.get("exp", ""), request.GET.get("sig", "")
-    if not attachments.signature_valid(image_id, exp, sig):
-        raise Http404
-    try:
-        attachment_id, max_side = attachments.parse_signed_id(image_id)
-        attachment = Attachment.objects.get(pk=attachment_id)
-    except (ValueError, Attachment.DoesNotExist):
-        raise Http404 from None
-    return _image_response(attachment, max_side=max_side)

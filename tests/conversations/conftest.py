@@ -73,3 +73,45 @@ def signed_in(user: Any) -> Client:
 def post_message(client: Client, conversation: Any, text: str, **extra: Any) -> Any:
     data = {"text": text, "client_id": str(extra.pop("client_id", uuid.uuid4())), **extra}
     return client.post(f"/c/{conversation.pk}/messages/", data, HTTP_ACCEPT="application/json")
+
+
+def queue_answer(user: Any, conversation: Any, text: str,
+                 attachment_ids: list[Any] | None = None) -> Any:
+    """A prompt and its queued answer, as `services.message_post` stores them, without starting
+    the answer: for tests that connect viewers first and then run the runner themselves.
+    (The service starts every answer it stores once its transaction commits.)"""
+    from django.db import transaction
+
+    from conversations.images.attachments import attach
+    from conversations.models import Conversation, Message, MessageStatus
+    from conversations.usage import accounting
+
+    with transaction.atomic():
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        seq = locked.next_seq
+        prompt = Message.objects.create(
+            conversation=locked, parent=locked.active_leaf, seq=seq, role=Message.Role.USER,
+            author=user, client_id=uuid.uuid4(), content=text, status=MessageStatus.COMPLETE)
+        attach(user, prompt, attachment_ids or [], locked.model)
+        answer = Message.objects.create(
+            conversation=locked, parent=prompt, seq=seq + 1, role=Message.Role.ASSISTANT,
+            model=locked.model, status=MessageStatus.QUEUED)
+        accounting.record_start(user, locked.model, team_id=locked.team_id, message=answer)
+        locked.next_seq = seq + 2
+        locked.active_leaf = answer
+        locked.save(update_fields=["next_seq", "active_leaf", "updated_at"])
+    return answer
+
+
+def wait_final(message_id: Any, timeout: float = 30.0) -> Any:
+    """The message once it reached a final state (a Celery worker may be writing it)."""
+    import time
+
+    from conversations.models import ACTIVE_STATUSES, Message
+
+    deadline = time.monotonic() + timeout
+    while True:
+        message = Message.objects.get(pk=message_id)
+        if message.status not in ACTIVE_STATUSES or time.monotonic() > deadline:
+            return message
+        time.sleep(0.05)

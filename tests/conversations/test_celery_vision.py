@@ -25,7 +25,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from chatsite.celery import app
-from conversations.answers.generation import reap_stale
+from conversations.answers.reaper import reap_stale
 from conversations.answers.tasks import generate_answer
 from conversations.chat import services
 from conversations.models import Message, MessageStatus

@@ -10,7 +10,9 @@ import pytest
 from django.contrib.auth.models import Group
 from django.db import connections
 
+from conversations import tree
 from conversations.chat import selectors, services
+from conversations.errors import ServiceError
 from conversations.models import Conversation, Message, MessageStatus
 from tests.conversations.conftest import model
 
@@ -63,7 +65,7 @@ def test_a_double_send_storm_stores_exactly_one_pair(owner: Any) -> None:
         try:
             results.append(services.message_post(owner, conversation, text="Once",
                                                   client_id=client_id))
-        except services.ServiceError as exc:  # "busy" is also an acceptable answer
+        except ServiceError as exc:  # "busy" is also an acceptable answer
             results.append(exc.code)
         finally:
             connections.close_all()
@@ -83,7 +85,7 @@ def test_a_double_send_storm_stores_exactly_one_pair(owner: Any) -> None:
                                             ("x" * 40_000, "prompt_too_large")])
 def test_bad_prompts_are_refused_and_change_nothing(owner: Any, text: str, code: str) -> None:
     conversation = _chat(owner)
-    with pytest.raises(services.ServiceError) as info:
+    with pytest.raises(ServiceError) as info:
         services.message_post(owner, conversation, text=text, client_id=uuid.uuid4())
     assert info.value.code == code and info.value.message
     assert Message.objects.count() == 0
@@ -92,7 +94,7 @@ def test_bad_prompts_are_refused_and_change_nothing(owner: Any, text: str, code:
 def test_a_new_prompt_waits_while_an_answer_is_being_written(owner: Any) -> None:
     conversation = _chat(owner)
     services.message_post(owner, conversation, text="First", client_id=uuid.uuid4())
-    with pytest.raises(services.ServiceError) as info:
+    with pytest.raises(ServiceError) as info:
         services.message_post(owner, conversation, text="Second", client_id=uuid.uuid4())
     assert info.value.status == 409
 
@@ -134,7 +136,7 @@ def test_history_follows_the_active_branch_only(owner: Any) -> None:
     _finish(one.assistant_message)
     edited = services.message_post(owner, conversation, text="Other", client_id=uuid.uuid4(),
                                    edit_of=one.user_message)
-    history = selectors.history_for(edited.assistant_message)
+    history = tree.history_for(edited.assistant_message)
     assert [m.content for m in history] == ["Other"]
 
 
@@ -144,7 +146,7 @@ def test_renaming_pinning_archiving_and_validation(owner: Any) -> None:
     conversation.refresh_from_db()
     assert conversation.title == "My title" and conversation.pinned
     assert not conversation.title_is_auto
-    with pytest.raises(services.ServiceError):
+    with pytest.raises(ServiceError):
         services.conversation_update(owner, conversation, title="   ")
     services.conversation_update(owner, conversation, archived=True)
     assert selectors.conversation_list_for_user(owner).object_list.count() == 0
@@ -163,7 +165,7 @@ def test_changing_the_model_keeps_each_answer_s_author_model(owner: Any) -> None
 
 
 def test_parameters_are_validated_against_the_model(owner: Any) -> None:
-    with pytest.raises(services.ServiceError) as info:
+    with pytest.raises(ServiceError) as info:
         services.conversation_create(owner, model=model(), params={"temperature": 9})
     assert "temperature" in info.value.message
     conversation = services.conversation_create(owner, model=model(),
@@ -175,14 +177,14 @@ def test_a_disabled_or_hidden_model_is_refused(owner: Any, member: Any) -> None:
     hidden = model("llama-3-70b")
     staff_only = Group.objects.create(name="staff-only")
     hidden.groups.add(staff_only)
-    with pytest.raises(services.ServiceError) as info:
+    with pytest.raises(ServiceError) as info:
         services.conversation_create(owner, model=hidden)
     assert info.value.code == "model_unavailable"
     member.groups.add(staff_only)
     services.conversation_create(member, model=hidden)
     conversation = _chat(owner)
     model().__class__.objects.filter(slug="llama-3.2-3b").update(enabled=False)
-    with pytest.raises(services.ServiceError):
+    with pytest.raises(ServiceError):
         services.message_post(owner, conversation, text="Hi", client_id=uuid.uuid4())
     # History still renders (F23).
     assert selectors.thread(conversation).nodes == []
@@ -233,7 +235,7 @@ def test_two_members_writing_at_once_lose_nothing_and_the_second_is_told_to_wait
             fresh = Conversation.objects.get(pk=conversation.pk)
             outcomes.append(services.message_post(user, fresh, text=text,
                                                   client_id=uuid.uuid4()))
-        except services.ServiceError as exc:
+        except ServiceError as exc:
             outcomes.append(exc)
         finally:
             connections.close_all()
@@ -245,7 +247,7 @@ def test_two_members_writing_at_once_lose_nothing_and_the_second_is_told_to_wait
     for thread in threads:
         thread.join()
     created = [o for o in outcomes if not isinstance(o, Exception)]
-    refused = [o for o in outcomes if isinstance(o, services.ServiceError)]
+    refused = [o for o in outcomes if isinstance(o, ServiceError)]
     assert len(created) == 1 and len(refused) == 1
     assert refused[0].status == 409 and refused[0].code == "busy"
     assert Message.objects.filter(role="user").count() == 1

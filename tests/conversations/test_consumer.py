@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from typing import Any
 
 import pytest
@@ -15,11 +14,11 @@ from django.contrib.auth.models import Group
 from django.test import Client
 
 from chatsite.asgi import application
-from conversations.answers.generation import run_generation
+from conversations.answers.runner import run_generation
 from conversations.chat import services
 from conversations.models import Conversation, Message, MessageStatus
 from conversations.rendering import render_markdown
-from tests.conversations.conftest import model
+from tests.conversations.conftest import model, queue_answer
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 ORIGIN = (b"origin", b"http://localhost:8000")
@@ -44,8 +43,7 @@ async def _socket(user: Any, conversation: Conversation) -> WebsocketCommunicato
 def _start(user: Any, text: str, conversation: Conversation | None = None,
            slug: str = "llama-3.2-3b") -> tuple[Conversation, Message]:
     conversation = conversation or services.conversation_create(user, model=model(slug))
-    result = services.message_post(user, conversation, text=text, client_id=uuid.uuid4())
-    return conversation, result.assistant_message
+    return conversation, queue_answer(user, conversation, text)
 
 
 class Viewer:

@@ -197,7 +197,7 @@ def test_the_reaper_marks_answers_whose_runner_died_and_keeps_the_text(
 
     from django.utils import timezone
 
-    from conversations.answers.generation import reap_stale
+    from conversations.answers.reaper import reap_stale
 
     conversation = _chat(owner)
     result = services.message_post(owner, conversation, text="Hi",

@@ -18,18 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
 from django.core.management import call_command
 from django.utils import timezone
 
-from conversations.answers import tasks
-from conversations.answers.generation import run_generation
 from conversations.chat import services
+from conversations.images import tasks
 from conversations.images.attachments import cleanup
 from conversations.models import Attachment, Conversation, Message, MessageStatus
 from tests.conftest import ROOT, child_env
 from tests.conversations import image_corpus as corpus
-from tests.conversations.conftest import model, signed_in
+from tests.conversations.conftest import model, queue_answer, signed_in, wait_final
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -61,11 +59,9 @@ def upload(user: Any, data: bytes | None = None) -> Attachment:
 
 def send(user: Any, conversation: Conversation, attachment: Attachment) -> Message:
     """Attach an upload to a new prompt (no answer is generated: only the prompt matters)."""
-    result = services.message_post(user, conversation, text="Look at this",
-                                   client_id=uuid.uuid4(), attachment_ids=[attachment.pk])
-    Message.objects.filter(pk=result.assistant_message.pk).update(
-        status=MessageStatus.COMPLETE, content="A llama.")
-    return result.user_message
+    answer = queue_answer(user, conversation, "Look at this", attachment_ids=[attachment.pk])
+    Message.objects.filter(pk=answer.pk).update(status=MessageStatus.COMPLETE, content="A llama.")
+    return Message.objects.get(pk=answer.parent_id)
 
 
 def age(attachment: Attachment, seconds: float, media: Path) -> None:
@@ -243,7 +239,7 @@ def test_two_cleanups_running_at_once_remove_everything_once_and_nothing_else(
 
 
 def test_a_dashscope_chat_whose_image_expired_fails_the_next_answer_cleanly(
-    emulated: Any, owner: Any, media: Path, settings: Any
+    emulated: Any, owner: Any, media: Path, settings: Any, celery_worker_process: Any
 ) -> None:
     """Every DashScope user turn needs its image; once one expired the model cannot be asked
     again about that history. The answer fails with the rule spelled out, without a call."""
@@ -256,8 +252,7 @@ def test_a_dashscope_chat_whose_image_expired_fails_the_next_answer_cleanly(
     follow_up = upload(owner)
     result = services.message_post(owner, conversation, text="And now?",
                                    client_id=uuid.uuid4(), attachment_ids=[follow_up.pk])
-    async_to_sync(run_generation)(result.assistant_message.pk)  # inline, Redis or not
-    answer = Message.objects.get(pk=result.assistant_message.pk)
+    answer = wait_final(result.assistant_message.pk)  # the service started it on commit
     assert answer.status == MessageStatus.FAILED
     assert "needs an image in every user message" in answer.error_message
     assert emulated.requests == []

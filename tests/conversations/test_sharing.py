@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from chatsite.asgi import application
 from conversations.chat import services
+from conversations.errors import ServiceError
 from conversations.models import Budget, Conversation, Message, MessageStatus, ShareLink
 from conversations.sharing import links
 from tests.conversations.conftest import model, post_message, signed_in
@@ -61,7 +62,7 @@ def test_share_links_need_a_login_unless_anonymous_links_are_allowed(owner: Any,
     response = Client().get(f"/s/{share.token}/")
     assert response.status_code == 302 and "/accounts/login/" in response["Location"]
     assert "hello" not in response.content.decode()
-    with pytest.raises(services.ServiceError):
+    with pytest.raises(ServiceError):
         links.create_share(owner, conversation, anonymous=True)
     settings.ALLOW_ANONYMOUS_SHARES = True
     anonymous = links.create_share(owner, conversation, anonymous=True)

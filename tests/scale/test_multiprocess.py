@@ -38,7 +38,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError
 from websockets.typing import Origin
 
-from conversations.answers import generation
+from conversations.answers import reaper
 from conversations.chat import services
 from conversations.models import (
     ACTIVE_STATUSES,
@@ -72,7 +72,7 @@ VISION_MODEL = "llama-3.2-11b-vision"
 # default (45 s), so process 1's reaper is the one that finishes a dead process's answer. A little
 # above the smallest accepted value (5): a loaded machine may delay a save by a second or so.
 STALE_SECONDS = 6
-REAPER_INTERVAL = 15.0  # generation.reaper_loop's default pass interval
+REAPER_INTERVAL = 15.0  # reaper.reaper_loop's default pass interval
 SLOW_TOKENS = 300
 SLOW = f"[[emu:tokens n={SLOW_TOKENS} rate=20]]"  # 15 s of answer: time to stop or kill it
 FINAL = {"complete", "stopped", "failed", "interrupted"}
@@ -103,7 +103,7 @@ IDLE_LAYER_BUG = pytest.mark.xfail(
            "applies its default socket_timeout of 5 s, which is not longer than channels_redis' "
            "5 s BZPOPMIN (brpop_timeout): every layer.receive() idle for 5 s raises "
            "redis.exceptions.TimeoutError. Idle websocket consumers die with close code 1011 "
-           "and the runner's control listener (generation.py Generation._listen) dies 5 s into "
+           "and the runner's control listener (answers/runner.py Generation._listen) dies 5 s into "
            "an answer, so late viewers get no snapshot and stop relies on the DB poll. Fix: "
            "hosts=[{'address': REDIS_URL, 'socket_timeout': 15}] (or any value > 5).")
 
@@ -413,7 +413,7 @@ def settle() -> None:
     deadline = time.monotonic() + 5  # runners read the stop flag every second
     while Message.objects.filter(status__in=ACTIVE_STATUSES).exists():
         if time.monotonic() > deadline:
-            generation.reap_stale(now=timezone.now() + timedelta(days=1))
+            reaper.reap_stale(now=timezone.now() + timedelta(days=1))
             break
         time.sleep(0.2)
 

@@ -1,0 +1,324 @@
+"""The web adapter of the answer core: deltas -> coalesced channel-layer events -> the message.
+
+One `Generation` per assistant message. It is not tied to any websocket: closing a tab does
+not stop it. Deltas go to the conversation's group at most every STREAM_COALESCE_MS with
+their offset; completed Markdown blocks are rendered once and sent as HTML; the text is saved
+at most about once a second and finally with status, usage and timings (the final write and
+the ledger row go through the core: answers/core.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.utils import timezone
+
+from conversations import events
+from conversations.answers.core import Answer, Outcome, outcome_fields, persist, record_usage
+from conversations.answers.history import request_for
+from conversations.models import Message, MessageStatus, UsageRecord
+from conversations.rendering import render_markdown, render_markdown_cached, split_stable
+from conversations.runtime import off_loop
+from providers.base import ChatRequest, ProviderError
+
+log = logging.getLogger(__name__)
+
+PERSIST_SECONDS = 1.0
+HEARTBEAT_SECONDS = 10.0
+NOT_PREPARED = "This answer could not be prepared. Retry."
+
+_runner: tuple[int, str] | None = None
+_running: dict[uuid.UUID, Generation] = {}
+
+
+def runner_id() -> str:
+    """host:pid:random of this process; computed per process (Celery forks after import)."""
+    global _runner
+    if _runner is None or _runner[0] != os.getpid():
+        _runner = (os.getpid(), f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+    return _runner[1]
+
+
+def is_running_here(message_id: uuid.UUID) -> bool:
+    return message_id in _running
+
+
+@dataclass
+class Job:
+    message: Message
+    request: ChatRequest
+
+
+@dataclass
+class NotPrepared:
+    """An answer that failed before it could start, and the frame that tells its viewers."""
+
+    conversation_id: uuid.UUID
+    event: events.Event
+
+
+@off_loop
+def _claim(message_id: uuid.UUID) -> Job | NotPrepared | None:
+    """queued -> streaming, exactly once (a redelivered job finds nothing to claim).
+
+    Returns the job, None when there is nothing to do, or the final state event of an answer
+    that failed before it could start (its request could not be built).
+    """
+    claimed = Message.objects.filter(pk=message_id, status=MessageStatus.QUEUED).update(
+        status=MessageStatus.STREAMING, runner=runner_id(), heartbeat_at=timezone.now())
+    if not claimed:
+        return None
+    message = Message.objects.select_related(
+        "conversation", "model", "model__provider").get(pk=message_id)
+    try:
+        return Job(message=message, request=request_for(message))
+    except Exception as exc:
+        log.error("could not prepare answer %s: %s", message_id, type(exc).__name__,
+                  exc_info=True)
+        saved = _save_final(message_id, Outcome(
+            status=MessageStatus.FAILED, error_code="internal", error_message=NOT_PREPARED))
+        if saved is None:
+            return None
+        return NotPrepared(saved.conversation_id, events.final_state_of(saved))
+
+
+async def run_generation(message_id: uuid.UUID | str) -> None:
+    message_id = uuid.UUID(str(message_id))
+    job = await _claim(message_id)
+    if job is None:
+        return
+    if isinstance(job, NotPrepared):  # failed before it started: tell the viewers
+        await events.publish(events.conversation_group(job.conversation_id), job.event)
+        return
+    generation = Generation(job)
+    _running[message_id] = generation
+    try:
+        await generation.run()
+    finally:
+        _running.pop(message_id, None)
+
+
+class Generation:
+    def __init__(self, job: Job) -> None:
+        message = job.message
+        assert message.model is not None  # set on every assistant message the services create
+        self.job = job
+        self.answer = Answer(message.model.provider, job.request)
+        self.message_id = message.pk
+        self.seq = message.seq
+        self.group = events.conversation_group(message.conversation_id)
+        # Published so far, as Python indexes and as UTF-16 code units: offsets on the wire are
+        # UTF-16 units (what a JavaScript string's length counts; see docs/protocol.md).
+        self.sent = 0
+        self.sent_u16 = 0
+        self.stable = 0  # characters published as rendered blocks
+        self.stable_u16 = 0
+        self.saved = 0
+        self.window = settings.STREAM_COALESCE_MS / 1000
+        self.last_flush = 0.0
+        self.flush_timer: asyncio.TimerHandle | None = None
+        self.pending_flushes: set[asyncio.Task[None]] = set()
+        self.lock = asyncio.Lock()
+        self.stop_requested = False
+        self.stream_task: asyncio.Task[None] | None = None
+
+    @property
+    def text(self) -> str:
+        return self.answer.text
+
+    # --- the job ------------------------------------------------------------------------
+    async def run(self) -> None:
+        layer = get_channel_layer()
+        # The default "specific." prefix matters with channels_redis: all of a process's
+        # specific channels share one Redis list and one receive loop; a channel with another
+        # prefix would hold that loop in its own BRPOP and stall every consumer for seconds.
+        control = await self._join_control(layer)
+        helpers = [asyncio.create_task(self._tick())]
+        if layer and control:
+            helpers.append(asyncio.create_task(self._listen(layer, control)))
+        await events.publish(self.group, events.state(self.seq, self.message_id,
+                                                      MessageStatus.STREAMING))
+        try:
+            self.stream_task = asyncio.create_task(self._stream())
+            await self.stream_task
+            outcome = self.answer.completed()
+        except asyncio.CancelledError:
+            if not self.stop_requested:
+                # The server is shutting down: save what we have; the reaper or a retry
+                # finishes the story.
+                await self._finish_quietly(helpers)
+                raise
+            outcome = self.answer.stopped()
+        except ProviderError as exc:
+            outcome = self.answer.failed(exc)
+        except Exception as exc:
+            log.error("generation %s failed: %s", self.message_id, type(exc).__name__,
+                      exc_info=True)
+            outcome = self.answer.crashed()
+        await self._end(outcome, helpers, layer, control)
+
+    async def _stream(self) -> None:
+        async for _piece in self.answer.deltas():
+            await self._maybe_flush()
+
+    # --- publishing ---------------------------------------------------------------------
+    async def _maybe_flush(self) -> None:
+        now = time.monotonic()
+        if now - self.last_flush >= self.window:
+            await self._flush()
+        elif self.flush_timer is None:
+            loop = asyncio.get_running_loop()
+            self.flush_timer = loop.call_later(self.window - (now - self.last_flush),
+                                               self._flush_later)
+
+    def _flush_later(self) -> None:
+        # Keep a reference: a task nobody holds may be garbage-collected mid-run.
+        task = asyncio.ensure_future(self._flush())
+        self.pending_flushes.add(task)
+        task.add_done_callback(self.pending_flushes.discard)
+
+    async def _flush(self, final: bool = False) -> None:
+        async with self.lock:
+            if self.flush_timer is not None:
+                self.flush_timer.cancel()
+                self.flush_timer = None
+            self.last_flush = time.monotonic()
+            if self.answer.length == self.sent and not final:
+                return
+            # From here on, `text` is what this flush publishes; later deltas wait for the next.
+            text = self.text  # a snapshot: deltas may arrive while we await the publish
+            if len(text) > self.sent:
+                piece, offset = text[self.sent:], self.sent_u16
+                self.sent = len(text)
+                self.sent_u16 += events.u16_len(piece)
+                await events.publish(self.group, events.delta(self.seq, offset, piece))
+            upto = len(text) if final else split_stable(text, self.stable)
+            if upto > self.stable:
+                block = text[self.stable:upto]
+                self.stable_u16 += events.u16_len(block)
+                self.stable = upto
+                await events.publish(self.group, events.blocks(self.seq, self.stable_u16,
+                                                               render_markdown(block)))
+
+    async def _join_control(self, layer: Any) -> str | None:
+        """The channel that receives stop and resync requests, or None when the layer is away:
+        the answer goes on regardless (stop then works through the database flag)."""
+        if layer is None:
+            return None
+        try:
+            control: str = await layer.new_channel()
+            await layer.group_add(events.generation_group(self.message_id), control)
+        except Exception as exc:
+            log.warning("answer %s runs without its control channel: %s", self.message_id,
+                        type(exc).__name__)
+            return None
+        return control
+
+    async def _listen(self, layer: Any, channel: str) -> None:
+        while True:
+            try:
+                event = await layer.receive(channel)
+            except Exception as exc:  # the layer is away: keep writing, try again later
+                log.warning("control channel of %s: %s", self.message_id, type(exc).__name__)
+                await asyncio.sleep(1.0)
+                continue
+            kind = event.get("type")
+            if kind == events.STOP:
+                self.request_stop()
+            elif kind == events.RESYNC and event.get("reply_to"):
+                await self._flush()
+                text = self.text
+                with contextlib.suppress(Exception):  # the viewer asks again if it must
+                    await layer.send(event["reply_to"], events.snapshot(
+                        self.seq, text[:self.sent], self.stable_u16,
+                        render_markdown(text[:self.stable])))
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+        if self.stream_task is not None and not self.stream_task.done():
+            self.stream_task.cancel()
+
+    async def _tick(self) -> None:
+        """Persist the partial text about once a second; heartbeat while waiting."""
+        last_beat = time.monotonic()
+        # Beat well inside the reaper's limit, whatever it is set to.
+        heartbeat = min(HEARTBEAT_SECONDS, settings.GENERATION_STALE_SECONDS / 3)
+        while True:
+            await asyncio.sleep(PERSIST_SECONDS)
+            now = time.monotonic()
+            if self.answer.length != self.saved or now - last_beat >= heartbeat:
+                text = self.text
+                stop = await _save_partial(self.message_id, text)
+                self.saved, last_beat = len(text), now
+                if stop and not self.stop_requested:
+                    self.request_stop()  # the stop event was missed; the flag was not
+
+    # --- the end ------------------------------------------------------------------------
+    async def _end(self, outcome: Outcome, helpers: list[asyncio.Task[Any]],
+                   layer: Any, control: str | None) -> None:
+        for task in helpers:
+            task.cancel()
+        await self._flush(final=True)
+        message_id = self.message_id
+        saved = await persist(lambda o: _save_final(message_id, o), outcome,
+                              what=f"answer {message_id}")
+        if layer and control:
+            with contextlib.suppress(Exception):  # its membership expires with the layer
+                await layer.group_discard(events.generation_group(self.message_id), control)
+        if saved is None:  # deleted meanwhile: nobody is left to tell
+            return
+        await events.publish(self.group, events.final_state_of(saved))
+
+    async def _finish_quietly(self, helpers: list[asyncio.Task[Any]]) -> None:
+        for task in helpers:
+            task.cancel()
+        message_id, outcome = self.message_id, self.answer.interrupted()
+        try:
+            await asyncio.shield(off_loop(_save_final)(message_id, outcome))
+        except Exception:
+            log.warning("could not save interrupted answer %s", self.message_id)
+
+
+@off_loop
+def _save_partial(message_id: uuid.UUID, text: str) -> bool:
+    """Save the partial text; returns True when a stop was requested meanwhile.
+
+    One statement in the usual case: the update skips a message whose stop was requested,
+    and only then (or when the message is no longer streaming) a second query tells which.
+    """
+    saved = Message.objects.filter(
+        pk=message_id, status=MessageStatus.STREAMING, stop_requested=False).update(
+        content=text, heartbeat_at=timezone.now())
+    if saved:
+        return False
+    return Message.objects.filter(pk=message_id, stop_requested=True).exists()
+
+
+def _save_final(message_id: uuid.UUID, outcome: Outcome) -> Message | None:
+    """The message's final fields and its ledger row; None when it was deleted meanwhile."""
+    message = Message.objects.select_related("model").filter(pk=message_id).first()
+    if message is None:
+        return None
+    for key, value in outcome_fields(outcome).items():
+        setattr(message, key, value)
+    if message.model and (message.prompt_tokens or message.completion_tokens):
+        message.cost = message.model.cost(message.prompt_tokens, message.completion_tokens)
+    message.heartbeat_at = timezone.now()
+    message.save()
+    if message.status == MessageStatus.COMPLETE:
+        # Every open page fetches the finished message right away: render it once, here.
+        render_markdown_cached(message.content)
+    usage = UsageRecord.objects.filter(message=message).first()
+    if usage is not None and message.model is not None:
+        record_usage(usage, message.model, outcome)
+    return message

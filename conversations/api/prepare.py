@@ -1,0 +1,145 @@
+"""Everything a /v1 completion needs before the provider is called: the model the user may
+use, the shared image rules and limits, the merged parameters, the images through the one
+validator, and the ledger row. Refusals charge nothing and store nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from conversations.answers.history import merge_params
+from conversations.api.errors import ApiError, bad, limit_error, service_error
+from conversations.api.requests import (
+    IGNORABLE,
+    MAX_IMAGES_PER_REQUEST,
+    NATIVE_PARAMS,
+    NEUTRAL_VALUES,
+    OPENAI_PARAMS,
+    Spec,
+)
+from conversations.errors import ServiceError
+from conversations.images import attachments
+from conversations.images.rules import check_image_counts
+from conversations.models import Attachment, UsageRecord
+from conversations.usage import accounting
+from conversations.usage.accounting import LimitExceeded
+from providers.base import ChatRequest, ProviderError, Role
+from providers.base import Message as WireMessage
+from providers.models import ModelConfig
+
+
+def find_model(user: Any, slug: Any) -> ModelConfig:
+    model = None
+    if isinstance(slug, str) and slug:
+        model = ModelConfig.objects.visible_to(user).filter(slug=slug).first()
+    if model is None:
+        # Unknown and not-allowed look the same: ids of restricted models reveal nothing.
+        raise ApiError(404, "model_not_found",
+                       f"The model {str(slug)[:100]!r} does not exist or you do not have "
+                       "access to it. GET /v1/models lists yours.", param="model")
+    return model
+
+
+@dataclass
+class Prepared:
+    model: ModelConfig
+    request: ChatRequest
+    record_id: int
+    attachment_ids: list[uuid.UUID]
+    prompt_chars: int
+
+
+def model_params(model: ModelConfig, options: dict[str, Any]) -> dict[str, Any]:
+    """The client's values mapped onto our names and merged over the model's defaults."""
+    specs = model.param_specs()
+    requested: dict[str, Any] = {}
+    for name, value in options.items():
+        if value is None:
+            continue  # "not set", whatever the field
+        if name in IGNORABLE and name not in NATIVE_PARAMS:
+            if not IGNORABLE[name](value):
+                raise bad("unsupported_parameter",
+                          f"'{name}' = {json.dumps(value)[:60]} is not supported here.", name)
+            continue
+        ours = OPENAI_PARAMS.get(name) or (name if name in NATIVE_PARAMS else None)
+        if ours is None:
+            raise bad("unrecognized_parameter",
+                      f"Unrecognized request argument supplied: {name[:60]}.", name[:60])
+        if ours not in specs:
+            if name in NEUTRAL_VALUES and NEUTRAL_VALUES[name](value):
+                continue
+            accepted = ", ".join(sorted(_openai_names(specs))) or "none"
+            raise bad("unsupported_parameter",
+                      f"'{name}' is not supported by {model.slug}; it accepts: {accepted}.",
+                      name)
+        try:  # one at a time, so that the refusal names the client's own field
+            merge_params(model, request={ours: value})
+        except ProviderError as exc:
+            raise bad("invalid_value", exc.message.replace(repr(ours), repr(name)),
+                      name) from None
+        requested[ours] = value
+    return merge_params(model, request=requested)
+
+
+def _openai_names(specs: dict[str, Any]) -> set[str]:
+    names = {openai for openai, ours in OPENAI_PARAMS.items() if ours in specs}
+    return names | set(specs)
+
+
+def check_images(model: ModelConfig, spec: Spec) -> None:
+    """The composer's image rules (images/rules.py) for every user message, and a bound on
+    the work one request may ask for."""
+    counts = [len(m.images) for m in spec.messages if m.role == "user"]
+    try:
+        check_image_counts(model, counts)
+    except ServiceError as exc:
+        raise service_error(exc) from None
+    if sum(counts) > MAX_IMAGES_PER_REQUEST:
+        raise bad("too_many_images", f"At most {MAX_IMAGES_PER_REQUEST} images per request.",
+                  "messages")
+
+
+def _store_images(user: Any, model: ModelConfig, spec: Spec
+                  ) -> tuple[list[WireMessage], list[uuid.UUID]]:
+    """Every image through the one validator; nothing stays stored when one is refused."""
+    stored: list[Attachment] = []
+    wire: list[WireMessage] = []
+    try:
+        for message in spec.messages:
+            parts = []
+            for data, mime in message.images:
+                upload = SimpleUploadedFile("api-image", data, content_type=mime)
+                attachment = attachments.attachment_create(user, upload)
+                stored.append(attachment)
+                parts.append(attachments.image_part(attachment, model))
+            role: Role = "user" if message.role == "user" else "assistant"
+            wire.append(WireMessage(role=role, text=message.text, images=tuple(parts)))
+    except attachments.UploadRefused as exc:
+        Attachment.objects.filter(pk__in=[a.pk for a in stored]).delete()
+        raise bad("invalid_image", exc.message, "messages") from None
+    except BaseException:
+        Attachment.objects.filter(pk__in=[a.pk for a in stored]).delete()
+        raise
+    return wire, [a.pk for a in stored]
+
+
+def prepare(user: Any, spec: Spec) -> Prepared:
+    """Every check before the provider is called, then the ledger row. Refusals charge nothing."""
+    model = find_model(user, spec.model)
+    check_images(model, spec)
+    params = model_params(model, spec.options)
+    try:
+        accounting.check_limits(user, prompt_chars=spec.prompt_chars)
+    except LimitExceeded as exc:
+        raise limit_error(exc) from None
+    wire, attachment_ids = _store_images(user, model, spec)
+    request = ChatRequest(model=model.model_id, messages=tuple(wire), system=spec.system,
+                          params=params)
+    record = accounting.record_start(user, model, source=UsageRecord.Source.API)
+    return Prepared(model=model, request=request, record_id=record.pk,
+                    attachment_ids=attachment_ids, prompt_chars=spec.prompt_chars)

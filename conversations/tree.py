@@ -1,0 +1,74 @@
+"""The message tree: regenerations and edits are siblings; a branch is walked up from its tip.
+
+The lowest room of the chat: selectors page through a branch, the answer core reads the history
+a model sees, services find where switching lands. Each walk is one recursive query.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db import connection
+
+from conversations.models import Conversation, Message
+
+# The active branch, walked upwards from a message in the database itself, one row per step;
+# `counted` counts the rows below the seq bound so the walk stops once a page is filled: the
+# cost follows the page shown, not the conversation's length.
+_PATH_SQL = """
+WITH RECURSIVE path(id, parent_id, seq, counted) AS (
+    SELECT id, parent_id, seq, CASE WHEN seq < %(bound)s THEN 1 ELSE 0 END
+    FROM conversations_message WHERE id = %(start)s AND conversation_id = %(conversation)s
+  UNION ALL
+    SELECT m.id, m.parent_id, m.seq,
+           p.counted + CASE WHEN m.seq < %(bound)s THEN 1 ELSE 0 END
+    FROM conversations_message m JOIN path p ON m.id = p.parent_id
+    WHERE p.counted <= %(limit)s
+)
+SELECT id, parent_id, seq FROM path WHERE seq < %(bound)s ORDER BY seq DESC LIMIT %(rows)s
+"""
+NO_BOUND = 2**31 - 1
+
+
+def _as_uuid(value: Any) -> uuid.UUID | None:
+    return None if value is None else value if isinstance(value, uuid.UUID) else uuid.UUID(value)
+
+
+def path_up(conversation: Conversation, start: uuid.UUID, *, bound: int,
+             limit: int | None) -> list[tuple[uuid.UUID, uuid.UUID | None]]:
+    """(id, parent id) of the branch ending at `start`, oldest first: the last `limit` (or all)
+    of its messages whose seq is below `bound`."""
+    pk = Message._meta.pk
+    assert pk is not None
+    rows = NO_BOUND if limit is None else limit
+    params = {"bound": bound, "start": pk.get_db_prep_value(start, connection),
+              "conversation": pk.get_db_prep_value(conversation.pk, connection),
+              "limit": rows, "rows": rows + 1}
+    with connection.cursor() as cursor:
+        cursor.execute(_PATH_SQL, params)
+        found = [(_as_uuid(mid), _as_uuid(parent)) for mid, parent, _seq in cursor.fetchall()]
+    found.reverse()
+    return [(mid, parent) for mid, parent in found if mid is not None]
+
+
+def history_for(assistant: Message) -> list[Message]:
+    """The messages a model sees for this answer: the branch up to its user prompt."""
+    if assistant.parent_id is None:
+        return []
+    chain = [mid for mid, _parent in path_up(assistant.conversation, assistant.parent_id,
+                                               bound=NO_BOUND, limit=None)]
+    by_id = {m.id: m for m in Message.objects.filter(pk__in=chain)}
+    return [by_id[mid] for mid in chain]
+
+
+def latest_leaf_under(conversation: Conversation, message_id: uuid.UUID) -> uuid.UUID:
+    """Follow the newest child down from a message: where switching to it should land."""
+    children: dict[Any, list[uuid.UUID]] = {}
+    for child_id, parent_id in (Message.objects.filter(conversation=conversation)
+                                .order_by("seq").values_list("id", "parent_id")):
+        children.setdefault(parent_id, []).append(child_id)
+    node = message_id
+    while children.get(node):
+        node = children[node][-1]
+    return node

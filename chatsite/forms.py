@@ -27,7 +27,8 @@ class FirstAdminForm(forms.Form):
         if p1 and p2 and p1 != p2:
             self.add_error("password2", _("The two passwords differ."))
         elif p1:
-            user = get_user_model()(username=data.get("username", ""), email=data.get("email") or "")
+            user = get_user_model()(username=data.get("username", ""),
+                                    email=data.get("email") or "")
             try:
                 password_validation.validate_password(p1, user)
             except forms.ValidationError as exc:

@@ -10,9 +10,9 @@ Two modes:
 from __future__ import annotations
 
 import os
-from typing import Any
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import dj_database_url

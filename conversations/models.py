@@ -94,6 +94,8 @@ class Message(models.Model):
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     cost = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
     request_id = models.CharField(max_length=120, blank=True)
+    # Why it did not complete normally (an ErrorKind value, "internal", "interrupted"), or "".
+    error_code = models.CharField(max_length=40, blank=True)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -195,6 +197,8 @@ class UsageRecord(models.Model):
     cost = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
     currency = models.CharField(max_length=3, default="USD")
     request_id = models.CharField(max_length=120, blank=True)
+    # Why it did not complete normally (an ErrorKind value, "internal", "interrupted"), or "".
+    error_code = models.CharField(max_length=40, blank=True)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
 

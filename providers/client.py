@@ -21,7 +21,8 @@ from providers.base import (
     StreamItem,
     collect,
 )
-from providers.params import MODEL_PROVIDER, validate_params
+from providers.catalogue import MODEL_PROVIDER
+from providers.params import validate_params
 from providers.redact import install_log_redaction, register_secret
 from providers.retry import RetryPolicy, make_http_client, stream_with_retries
 from providers.sse import DEFAULT_MAX_EVENT_BYTES

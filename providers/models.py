@@ -19,8 +19,9 @@ from django.views.decorators.debug import sensitive_variables
 
 from providers import crypto
 from providers.base import ProviderConfig, ProviderError
+from providers.catalogue import OFFICIAL_BASE_URLS
 from providers.params import specs_for, validate_params
-from providers.registry import OFFICIAL_BASE_URLS, is_official_base_url
+from providers.registry import is_official_base_url
 
 
 class ProviderKind(models.TextChoices):

@@ -16,26 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from providers.base import ErrorKind, ProviderError
-
-CF_TEXT_MODEL = "@cf/meta/llama-3.2-3b-instruct"
-CF_VISION_MODEL = "@cf/meta/llama-3.2-11b-vision-instruct"
-DASHSCOPE_MODEL = "llama3.2-90b-vision-instruct"
-QIANFAN_MODEL = "llama_3_70b"
-
-# Which client serves which model id (the registry and the lead's catalogue use it).
-MODEL_PROVIDER: dict[str, str] = {
-    CF_TEXT_MODEL: "cloudflare",
-    CF_VISION_MODEL: "cloudflare",
-    DASHSCOPE_MODEL: "dashscope",
-    QIANFAN_MODEL: "qianfan",
-}
-
-MODEL_DISPLAY_NAMES: dict[str, str] = {
-    CF_TEXT_MODEL: "Llama 3.2 3B Instruct",
-    CF_VISION_MODEL: "Llama 3.2 11B Vision Instruct",
-    DASHSCOPE_MODEL: "Llama 3.2 90B Vision Instruct",
-    QIANFAN_MODEL: "Meta-Llama-3-70B-Instruct",
-}
+from providers.catalogue import CF_TEXT_MODEL, CF_VISION_MODEL, DASHSCOPE_MODEL, QIANFAN_MODEL
 
 # Cloudflare's own default is 256 tokens, which cuts most answers short; we always send this.
 CLOUDFLARE_DEFAULT_MAX_TOKENS = 1024

@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from providers.base import ErrorKind, ProviderClient, ProviderConfig, ProviderError
+from providers.catalogue import OFFICIAL_BASE_URLS
 from providers.cloudflare import CloudflareClient
 from providers.dashscope import DashScopeClient
 from providers.qianfan import QianfanClient, TokenCache
@@ -14,18 +15,6 @@ CLIENT_CLASSES: dict[str, type] = {
     "dashscope": DashScopeClient,
     "qianfan": QianfanClient,
 }
-
-# The vendors' official base URLs (providers.md). Threat T10: an admin form should only accept
-# these hosts for real traffic; emulator/test URLs are the deployment's explicit choice.
-OFFICIAL_BASE_URLS: dict[str, tuple[str, ...]] = {
-    "cloudflare": ("https://api.cloudflare.com/client/v4",),
-    "dashscope": (
-        "https://dashscope.aliyuncs.com/api/v1",
-        "https://dashscope-intl.aliyuncs.com/api/v1",
-    ),
-    "qianfan": ("https://aip.baidubce.com",),
-}
-
 
 def is_official_base_url(kind: str, base_url: str) -> bool:
     """True when `base_url` is https on one of the vendor's official hosts."""

@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 from django.conf import settings
 
+from providers.emulators import Credentials, EmulatorServer
+from tests.support import point_providers_at, seed_catalogue
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
@@ -229,3 +232,26 @@ def screenshot(page: Any, name: str) -> Path:
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+# --- the provider emulator ------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def chat_emulator() -> Iterator[EmulatorServer]:
+    server = EmulatorServer(host="127.0.0.1", port=0, credentials=Credentials())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def emulated(transactional_db: Any, chat_emulator: EmulatorServer, settings: Any) -> EmulatorServer:
+    """Providers point at the emulator; short timeouts so stall tests stay fast."""
+    chat_emulator.reset()
+    from django.core.cache import cache
+
+    cache.clear()  # Qianfan tokens cached by an earlier test died with the emulator reset
+    seed_catalogue()
+    settings.PROVIDER_READ_TIMEOUT = 1.0
+    settings.PROVIDER_CONNECT_TIMEOUT = 2.0
+    point_providers_at(chat_emulator)
+    return chat_emulator

@@ -244,4 +244,4 @@ def record_usage(record: UsageRecord | int, model: ModelConfig, outcome: Outcome
                              prompt_tokens=outcome.prompt_tokens,
                              completion_tokens=outcome.completion_tokens,
                              request_id=outcome.request_id, ttft_ms=outcome.ttft_ms,
-                             duration_ms=outcome.duration_ms)
+                             duration_ms=outcome.duration_ms, error_code=outcome.error_code)

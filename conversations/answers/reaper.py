@@ -46,7 +46,7 @@ def reap_stale(now: datetime | None = None) -> list[tuple[uuid.UUID, uuid.UUID, 
             error_message=REAPED_MESSAGE, updated_at=now)
         if updated:
             UsageRecord.objects.filter(message_id=message_id, finished_at__isnull=True).update(
-                finished_at=now, status=MessageStatus.INTERRUPTED)
+                finished_at=now, status=MessageStatus.INTERRUPTED, error_code="interrupted")
             reaped.append((conversation_id, message_id, seq))
     return reaped
 

@@ -143,11 +143,11 @@ def record_start(user: Any, model: ModelConfig, *, team_id: int | None = None,
 def record_finish(record: UsageRecord | int, *, status: str, model: ModelConfig,
                   prompt_tokens: int | None, completion_tokens: int | None,
                   request_id: str = "", ttft_ms: int | None = None,
-                  duration_ms: int | None = None) -> None:
+                  duration_ms: int | None = None, error_code: str = "") -> None:
     pk = record.pk if isinstance(record, UsageRecord) else record
     UsageRecord.objects.filter(pk=pk).update(
         finished_at=timezone.now(), status=status, prompt_tokens=prompt_tokens or 0,
         completion_tokens=completion_tokens or 0,
         cost=model.cost(prompt_tokens, completion_tokens), request_id=request_id[:120],
-        ttft_ms=ttft_ms, duration_ms=duration_ms)
+        ttft_ms=ttft_ms, duration_ms=duration_ms, error_code=error_code[:40])
 

@@ -17,7 +17,6 @@ from openai import OpenAI
 
 from conversations.api import tokens
 from tests.conftest import ARTIFACTS, ROOT, ServerProcess, child_env, free_port, wait_for_port
-from tests.conversations.conftest import chat_emulator, emulated  # noqa: F401  (fixtures)
 
 
 class ApiServer(ServerProcess):

@@ -19,7 +19,7 @@ from conversations.models import Attachment, Budget, UsageRecord
 from providers.emulators import Fault
 from providers.models import ModelConfig
 from tests.api.conftest import ApiServer, openai_client
-from tests.conversations.image_corpus import encode, noise
+from tests.images.image_corpus import encode, noise
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

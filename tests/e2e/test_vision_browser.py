@@ -18,7 +18,7 @@ from PIL import Image
 
 from conversations.models import Attachment, Message
 from tests.conftest import ARTIFACTS, PASSWORD, ServerProcess, child_env, screenshot
-from tests.conversations import image_corpus as corpus
+from tests.images import image_corpus as corpus
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 
 from providers.base import ChatRequest, ErrorKind, ImagePart, Message
+from providers.catalogue import CF_TEXT_MODEL, CF_VISION_MODEL
 from providers.emulators import EmulatorServer, Fault
 from providers.emulators.answer import build_answer
 from providers.emulators.faults import Plan
-from providers.params import CF_TEXT_MODEL, CF_VISION_MODEL
 
 from .conftest import PNG, ClientFactory, Drain
 

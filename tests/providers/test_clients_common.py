@@ -6,12 +6,12 @@ from dataclasses import replace
 import pytest
 
 from providers.base import ChatRequest, ErrorKind, ImagePart, Message, ProviderConfig, ProviderError
+from providers.catalogue import CF_TEXT_MODEL, CF_VISION_MODEL, DASHSCOPE_MODEL, QIANFAN_MODEL
 from providers.cloudflare import CloudflareClient
 from providers.dashscope import DashScopeClient
 from providers.emulators import EmulatorServer
 from providers.emulators.answer import build_answer
 from providers.emulators.faults import Plan
-from providers.params import CF_TEXT_MODEL, CF_VISION_MODEL, DASHSCOPE_MODEL, QIANFAN_MODEL
 from providers.qianfan import QianfanClient
 from providers.registry import CLIENT_CLASSES, get_client, is_official_base_url
 

@@ -6,11 +6,11 @@ from dataclasses import replace
 import pytest
 
 from providers.base import ChatRequest, ErrorKind, ImagePart, Message
+from providers.catalogue import DASHSCOPE_MODEL
 from providers.dashscope import IMAGE_RULE, cumulative_delta
 from providers.emulators import EmulatorServer
 from providers.emulators.answer import build_answer
 from providers.emulators.faults import Plan
-from providers.params import DASHSCOPE_MODEL
 from providers.registry import get_client
 
 from .conftest import PNG, ClientFactory, Drain, configs_for, drain

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import pytest
 
 from providers.base import ChatRequest, ErrorKind, ImagePart, Message
+from providers.catalogue import CF_TEXT_MODEL, DASHSCOPE_MODEL, QIANFAN_MODEL
 from providers.emulators import EmulatorServer, Fault
 from providers.emulators.answer import build_answer
 from providers.emulators.faults import Plan
-from providers.params import CF_TEXT_MODEL, DASHSCOPE_MODEL, QIANFAN_MODEL
 
 from .conftest import ClientFactory, Drain
 

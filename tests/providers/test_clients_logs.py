@@ -9,8 +9,8 @@ import logging
 import pytest
 
 from providers.base import ChatRequest, ImagePart, Message, ProviderConfig, ProviderError
+from providers.catalogue import CF_TEXT_MODEL, CF_VISION_MODEL, DASHSCOPE_MODEL, QIANFAN_MODEL
 from providers.emulators import EmulatorServer, Fault
-from providers.params import CF_TEXT_MODEL, CF_VISION_MODEL, DASHSCOPE_MODEL, QIANFAN_MODEL
 
 from .conftest import ClientFactory, Drain
 

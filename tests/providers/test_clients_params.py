@@ -3,16 +3,14 @@ from __future__ import annotations
 import pytest
 
 from providers.base import ErrorKind, ProviderError
-from providers.params import (
+from providers.catalogue import (
     CF_TEXT_MODEL,
     CF_VISION_MODEL,
     DASHSCOPE_MODEL,
     MODEL_PROVIDER,
-    PARAM_SPECS,
     QIANFAN_MODEL,
-    ParamSpec,
-    validate_params,
 )
+from providers.params import PARAM_SPECS, ParamSpec, validate_params
 
 
 def rejected(model: str, params: dict[str, object]) -> ProviderError:

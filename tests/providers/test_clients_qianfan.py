@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 
 from providers.base import ChatRequest, ErrorKind, ImagePart, Message, ProviderError
+from providers.catalogue import QIANFAN_MODEL
 from providers.emulators import EmulatorServer, Fault
 from providers.emulators.answer import build_answer
 from providers.emulators.faults import Plan
-from providers.params import QIANFAN_MODEL
 from providers.qianfan import (
     IMAGE_PLACEHOLDER,
     MAX_INPUT_CHARS,

@@ -10,6 +10,7 @@ from django.contrib.auth.models import AnonymousUser, Group
 from django.core.exceptions import ValidationError
 
 from providers import catalogue
+from providers.catalogue import OFFICIAL_BASE_URLS
 from providers.models import (
     DEFAULT_BASE_URLS,
     OFFICIAL_HOSTS,
@@ -18,7 +19,7 @@ from providers.models import (
     host_allowed,
     validate_base_url,
 )
-from providers.registry import OFFICIAL_BASE_URLS, is_official_base_url
+from providers.registry import is_official_base_url
 from tests.providers.test_provider_admin import fast_password_hashing
 
 __all__ = ["fast_password_hashing"]  # an autouse fixture: personas without PBKDF2 cost

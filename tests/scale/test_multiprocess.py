@@ -51,7 +51,7 @@ from providers.emulators import Credentials, EmulatorServer, RecordedRequest
 from providers.emulators.answer import tokenize
 from providers.models import ModelConfig
 from tests.conftest import ARTIFACTS, ServerProcess, WorkerProcess, child_env
-from tests.conversations.conftest import point_providers_at, seed_catalogue
+from tests.support import point_providers_at, seed_catalogue
 
 SCALED_OUT = bool(settings.REDIS_URL) and settings.DATABASES["default"]["ENGINE"].endswith(
     "postgresql")

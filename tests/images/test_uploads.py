@@ -24,8 +24,8 @@ from PIL import Image
 from conversations.chat import services
 from conversations.images import attachments, validator
 from conversations.models import Attachment, Conversation
-from tests.conversations import image_corpus as corpus
-from tests.conversations.conftest import model, signed_in
+from tests.images import image_corpus as corpus
+from tests.support import model, signed_in
 
 pytestmark = pytest.mark.django_db
 

@@ -1,26 +1,18 @@
-"""Chat fixtures: an emulator the providers point at, conversations for the personas."""
+"""Helpers shared by the chat, answer, image and API tests: providers on the emulator, the
+seeded catalogue, signed-in clients, posting, and queued answers. The emulator fixtures
+themselves (`chat_emulator`, `emulated`) are in tests/conftest.py."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from django.test import Client
 
-from providers.emulators import Credentials, EmulatorServer
+from providers.emulators import EmulatorServer
 from providers.models import ModelConfig, Provider
 
 FAST = {"retry_base_delay": 0.005, "retry_max_delay": 0.02, "max_retry_after": 1.0}
-
-
-@pytest.fixture(scope="session")
-def chat_emulator() -> Iterator[EmulatorServer]:
-    server = EmulatorServer(host="127.0.0.1", port=0, credentials=Credentials())
-    server.start()
-    yield server
-    server.stop()
 
 
 def point_providers_at(server: EmulatorServer) -> None:
@@ -36,20 +28,6 @@ def point_providers_at(server: EmulatorServer) -> None:
         provider.set_credentials(values[provider.kind])
         provider.options = {**provider.options, **FAST}
         provider.save()
-
-
-@pytest.fixture
-def emulated(transactional_db: Any, chat_emulator: EmulatorServer, settings: Any) -> EmulatorServer:
-    """Providers point at the emulator; short timeouts so stall tests stay fast."""
-    chat_emulator.reset()
-    from django.core.cache import cache
-
-    cache.clear()  # Qianfan tokens cached by an earlier test died with the emulator reset
-    seed_catalogue()
-    settings.PROVIDER_READ_TIMEOUT = 1.0
-    settings.PROVIDER_CONNECT_TIMEOUT = 2.0
-    point_providers_at(chat_emulator)
-    return chat_emulator
 
 
 def seed_catalogue() -> None:

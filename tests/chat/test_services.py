@@ -14,7 +14,7 @@ from conversations import tree
 from conversations.chat import selectors, services
 from conversations.errors import ServiceError
 from conversations.models import Conversation, Message, MessageStatus
-from tests.conversations.conftest import model
+from tests.support import model
 
 pytestmark = pytest.mark.django_db
 

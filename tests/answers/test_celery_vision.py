@@ -30,8 +30,8 @@ from conversations.answers.tasks import generate_answer
 from conversations.chat import services
 from conversations.models import Message, MessageStatus
 from tests.conftest import ARTIFACTS, ROOT, WorkerProcess, child_env
-from tests.conversations.conftest import model, post_message, signed_in
-from tests.conversations.image_corpus import png_rgba
+from tests.images.image_corpus import png_rgba
+from tests.support import model, post_message, signed_in
 
 pytestmark = [
     pytest.mark.redis,

@@ -27,9 +27,9 @@ from conversations.images import attachments
 from conversations.models import ACTIVE_STATUSES, Attachment, Conversation, Message, MessageStatus
 from providers.models import ModelConfig
 from tests.conftest import ARTIFACTS, ServerProcess, child_env
-from tests.conversations import image_corpus as corpus
-from tests.conversations.conftest import model, post_message, signed_in
-from tests.conversations.test_celery_vision import QueueWorker
+from tests.answers.test_celery_vision import QueueWorker
+from tests.images import image_corpus as corpus
+from tests.support import model, post_message, signed_in
 
 CLOUDFLARE_VISION = "llama-3.2-11b-vision"
 DASHSCOPE_VISION = "llama-3.2-90b-vision"

@@ -31,7 +31,7 @@ from conversations.images.validator import (
     validate_image,
     verify_image_signature,
 )
-from tests.conversations import image_corpus as corpus
+from tests.images import image_corpus as corpus
 
 MB = 1024 * 1024
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -483,7 +483,7 @@ def test_unexpected_failures_are_logged_without_file_content(
 _MEMORY_PROBE = """
 import json, resource, sys
 from conversations.images.validator import ImageLimits, ImageRejected, validate_image
-from tests.conversations import image_corpus as corpus
+from tests.images import image_corpus as corpus
 files = [
     (corpus.bomb_png_30000(), ImageLimits()),
     (corpus.png_header_claiming(10_000, 10_000), ImageLimits(max_pixels=10**9, max_side=20_000)),

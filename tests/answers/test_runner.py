@@ -14,7 +14,7 @@ import pytest
 from conversations.chat import services
 from conversations.models import Message, MessageStatus
 from providers.emulators import Fault
-from tests.conversations.conftest import model, post_message, signed_in
+from tests.support import model, post_message, signed_in
 
 
 def _chat(user: Any, slug: str = "llama-3.2-3b") -> Any:

@@ -21,7 +21,7 @@ from conversations.chat import services
 from conversations.errors import ServiceError
 from conversations.models import Budget, Conversation, Message, MessageStatus, ShareLink
 from conversations.sharing import links
-from tests.conversations.conftest import model, post_message, signed_in
+from tests.support import model, post_message, signed_in
 
 
 def _chat(user: Any, *texts: str) -> Conversation:

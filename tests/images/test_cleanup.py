@@ -26,8 +26,8 @@ from conversations.images import tasks
 from conversations.images.attachments import cleanup
 from conversations.models import Attachment, Conversation, Message, MessageStatus
 from tests.conftest import ROOT, child_env
-from tests.conversations import image_corpus as corpus
-from tests.conversations.conftest import model, queue_answer, signed_in, wait_final
+from tests.images import image_corpus as corpus
+from tests.support import model, queue_answer, signed_in, wait_final
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -18,7 +18,7 @@ from conversations.answers.runner import run_generation
 from conversations.chat import services
 from conversations.models import Conversation, Message, MessageStatus
 from conversations.rendering import render_markdown
-from tests.conversations.conftest import model, queue_answer
+from tests.support import model, queue_answer
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 ORIGIN = (b"origin", b"http://localhost:8000")

@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from conversations.chat import services
 from conversations.models import Conversation, Message, MessageStatus, TeamSettings
 from tests.conftest import PASSWORD
-from tests.conversations.conftest import model, post_message, signed_in
+from tests.support import model, post_message, signed_in
 
 
 def _finished_chat(user: Any, **extra: Any) -> tuple[Conversation, Message]:

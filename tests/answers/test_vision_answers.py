@@ -26,8 +26,8 @@ from conversations.chat import services
 from conversations.images import attachments
 from conversations.models import ACTIVE_STATUSES, Attachment, Conversation, Message, MessageStatus
 from providers.models import ModelConfig
-from tests.conftest import ARTIFACTS, ServerProcess, child_env
 from tests.answers.test_celery_vision import QueueWorker
+from tests.conftest import ARTIFACTS, ServerProcess, child_env
 from tests.images import image_corpus as corpus
 from tests.support import model, post_message, signed_in
 

@@ -101,7 +101,7 @@ def cf_request(base: str, prompt: str, max_tokens: int) -> tuple[str, bytes, dic
 # --- the relay server ---------------------------------------------------------------------------
 class Coalescer:
     """One answer's deltas -> `d` frames at most every `window` seconds: the app's
-    Generation._maybe_flush/_flush (conversations/generation.py) without render or save."""
+    Generation._maybe_flush/_flush (conversations/answers/runner.py) without render or save."""
 
     def __init__(self, ws: ServerConnection, seq: int, window: float) -> None:
         self.ws = ws

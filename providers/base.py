@@ -52,6 +52,8 @@ class ProviderError(Exception):
         request_id: str | None = None,
         status: int | None = None,
         retry_after: float | None = None,
+        hint: str | None = None,
+        details: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -60,6 +62,12 @@ class ProviderError(Exception):
         self.request_id = request_id
         self.status = status
         self.retry_after = retry_after
+        # What the reader should do, when the client knows better than its kind's generic
+        # advice (e.g. "this model's free trial is over", "SITE_URL must be reachable").
+        self.hint = hint
+        # Facts a caller may act on, e.g. {"flagged_messages": [2]}: indexes into
+        # ChatRequest.messages of turns a vendor's moderation flagged.
+        self.details: Mapping[str, Any] = details or {}
 
     @property
     def retryable(self) -> bool:
@@ -108,9 +116,12 @@ class Usage:
 
 @dataclass(frozen=True)
 class Delta:
-    """New text to append to the answer."""
+    """New text for the answer: drop the last `rewind` characters written so far, then append
+    `text`. `rewind` is 0 except when a vendor's cumulative text stopped extending what it sent
+    before (DashScope): the answer then continues from the common prefix."""
 
     text: str
+    rewind: int = 0
 
 
 @dataclass(frozen=True)

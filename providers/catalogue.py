@@ -68,6 +68,11 @@ MODELS: list[dict[str, Any]] = [
      "price_output_per_mtok": Decimal(0), "currency": "CNY", "sort_order": 40},
 ]
 
+def context_window(model_id: str) -> int:
+    """The catalogue's context window of a model id, in tokens (input plus output)."""
+    return next(int(spec["context_window"]) for spec in MODELS if spec["model_id"] == model_id)
+
+
 # Which client serves which model id (every client checks a request against it).
 MODEL_PROVIDER: dict[str, str] = {spec["model_id"]: spec["provider"] for spec in MODELS}
 

@@ -75,10 +75,19 @@ _CODE_KINDS: dict[int, ErrorKind] = {
     3007: ErrorKind.TIMEOUT,
     3046: ErrorKind.TIMEOUT,
     3008: ErrorKind.TIMEOUT,
+    # "Could not route to ...": the account id (or the path) is wrong. An admin's setting, not
+    # the user's request: AUTH is the kind whose advice sends them to the key settings.
+    7000: ErrorKind.AUTH,
+    7003: ErrorKind.AUTH,
     **dict.fromkeys(
-        (5006, 5007, 5004, 3003, 3039, 7000, 7003, 3042, 5005, 5019, 3006), ErrorKind.BAD_REQUEST
+        (5006, 5007, 5004, 3003, 3039, 3042, 5005, 5019, 3006), ErrorKind.BAD_REQUEST
     ),
 }
+_HINTS: dict[int, str] = dict.fromkeys(
+    (7000, 7003),
+    "Cloudflare could not route the request to this account: an administrator has to check "
+    "the account id in the Cloudflare provider settings.",
+)
 
 _KIND_TEXT: dict[ErrorKind, str] = {
     ErrorKind.QUOTA_EXHAUSTED: "The daily Workers AI allocation is used up (it resets 00:00 UTC).",
@@ -260,6 +269,7 @@ class CloudflareClient(StreamingClient):
             request_id=request_id,
             status=status,
             retry_after=retry_after if kind is ErrorKind.RATE_LIMITED else None,
+            hint=_HINTS.get(code) if code is not None else None,
         )
 
 

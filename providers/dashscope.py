@@ -1,11 +1,14 @@
 """Alibaba DashScope client (native multimodal-generation, docs/providers.md section 2).
 
-* Every user turn must carry an image (the model refuses text-only user turns): a request
-  without one is refused here with BAD_REQUEST before any network call.
+* A request carries exactly one image (seed: the request must contain an image URL; follow-up
+  user turns may be text only; no image lists): a request with none, or with more than one, is
+  refused here with BAD_REQUEST before any network call. Which image to send is the caller's
+  choice (the answer core sends the latest one of the branch).
 * Images go as `ImagePart.url` (a signed URL our app serves). With
   `config.options["image_transport"] == "data_uri"` they go as `data:<mime>;base64,...`.
 * `incremental_output` is never sent: this model streams *cumulative* text, turned into deltas
-  by prefix; a chunk that does not extend what was seen is appended as-is (increment mode).
+  by prefix; an event that does not extend what was seen continues from the common prefix
+  (a `Delta` with `rewind`), so the text always equals the vendor's latest text.
 * Stream events look like `id:1 / event:result / :HTTP_STATUS/200 / data:{...}`; the status
   comment is read, `finish_reason` is the string "null" (or JSON null) until the end, and there
   is no `[DONE]`: the end is a non-null finish reason, EOF before it is a truncated answer.
@@ -50,9 +53,18 @@ logger = logging.getLogger("providers.dashscope")
 
 NAME = "DashScope"
 PATH = "/services/aigc/multimodal-generation/generation"
-IMAGE_RULE = (
-    "This model needs an image in every user message: attach an image to each of your "
-    "messages, or choose another model."
+IMAGE_REQUIRED = (
+    "This model needs an image in the conversation: attach an image to your message, or choose "
+    "another model."
+)
+ONE_IMAGE = "This model takes one image per request; send only the latest one."
+DOWNLOAD_HINT = (
+    "DashScope could not download the image from this site. An administrator has to make "
+    "SITE_URL reachable from the internet: Alibaba's servers fetch every image from it."
+)
+FREE_TIER_HINT = (
+    "The free trial of this model on DashScope is used up, and the model cannot be bought: "
+    "choose another model."
 )
 
 _KIND_TEXT: dict[ErrorKind, str] = {
@@ -87,8 +99,12 @@ class DashScopeClient(StreamingClient):
 
     def _prepare(self, request: ChatRequest) -> _Prepared:
         params = self._validated_params(request)
-        if any(m.role == "user" and not m.images for m in request.messages):
-            raise ProviderError(ErrorKind.BAD_REQUEST, IMAGE_RULE, vendor_code="image_required")
+        images = sum(len(m.images) for m in request.messages if m.role == "user")
+        if images == 0:
+            raise ProviderError(ErrorKind.BAD_REQUEST, IMAGE_REQUIRED, vendor_code="image_required",
+                                hint=IMAGE_REQUIRED)
+        if images > 1:
+            raise ProviderError(ErrorKind.BAD_REQUEST, ONE_IMAGE, vendor_code="too_many_images")
         messages: list[dict[str, Any]] = []
         if request.system:
             messages.append({"role": "system", "content": [{"text": request.system}]})
@@ -148,7 +164,7 @@ class DashScopeClient(StreamingClient):
         decoder = SSEDecoder(
             max_event_bytes=self._max_event_bytes, keep_comments=True, provider=NAME
         )
-        seen = ""
+        text_so_far = CumulativeText()
         request_id = response.headers.get("x-request-id")
         async for event in aiter_events(response, decoder):
             payload = json_object(event.data)
@@ -164,9 +180,9 @@ class DashScopeClient(StreamingClient):
             choice = _first_choice(payload)
             text = _choice_text(choice)
             if text is not None:
-                delta, seen = cumulative_delta(seen, text)
-                if delta:
-                    yield Delta(delta)
+                delta, rewind = text_so_far.feed(text)
+                if delta or rewind:
+                    yield Delta(delta, rewind=rewind)
             reason = _finish_reason(choice)
             if reason is not None:
                 yield Finish(reason=reason, usage=_usage(payload), request_id=request_id)
@@ -199,6 +215,7 @@ class DashScopeClient(StreamingClient):
         code = str(payload.get("code") or "") or None
         vendor_message = str(payload.get("message") or "")
         kind = _kind(code, str(payload.get("type") or ""), vendor_message, status)
+        hint = _hint(code, vendor_message)
         request_id = str(payload.get("request_id") or "") or headers.get("x-request-id")
         detail = safe_vendor_text(vendor_message, [self._api_key])
         message = _KIND_TEXT[kind]
@@ -212,6 +229,7 @@ class DashScopeClient(StreamingClient):
             request_id=request_id,
             status=status,
             retry_after=retry_after if kind is ErrorKind.RATE_LIMITED else None,
+            hint=hint,
         )
 
 
@@ -222,9 +240,12 @@ def _kind(code: str | None, type_: str, message: str, status: int) -> ErrorKind:
     """Classify by vendor code first, HTTP status second (providers.md 2.4)."""
     code = code or ""
     lowered = message.lower()
-    if code.startswith("DataInspectionFailed") or "datainspection" in code.lower():
+    if code == "InvalidParameter.DataInspection":
+        return ErrorKind.BAD_REQUEST  # the image could not be downloaded: not moderation
+    if code.startswith("DataInspectionFailed"):
         return ErrorKind.CONTENT_FILTERED
-    if code == "Arrearage" or type_ == "Arrearage" or "free allocated quota" in lowered:
+    if (code == "Arrearage" or type_ == "Arrearage" or code.startswith("AllocationQuota")
+            or "free allocated quota" in lowered or "free tier" in lowered):
         return ErrorKind.QUOTA_EXHAUSTED
     if code.startswith("Throttling"):
         return ErrorKind.RATE_LIMITED
@@ -245,6 +266,15 @@ def _kind(code: str | None, type_: str, message: str, status: int) -> ErrorKind:
     if 400 <= status < 500:
         return ErrorKind.BAD_REQUEST
     return ErrorKind.UNAVAILABLE
+
+
+def _hint(code: str | None, message: str) -> str | None:
+    """What to do, for the codes whose generic kind advice would mislead."""
+    if code == "InvalidParameter.DataInspection":
+        return DOWNLOAD_HINT
+    if (code or "").startswith("AllocationQuota.FreeTier") or "free tier" in message.lower():
+        return FREE_TIER_HINT
+    return None
 
 
 def _payload_from_body(body: bytes) -> dict[str, Any] | None:
@@ -300,11 +330,45 @@ def _choice_text(choice: Mapping[str, Any]) -> str | None:
     return "".join(text for text in texts if isinstance(text, str))
 
 
-def cumulative_delta(seen: str, text: str) -> tuple[str, str]:
-    """(new text, everything seen so far): cumulative by prefix, else appended."""
-    if text.startswith(seen):
-        return text[len(seen) :], text
-    return text, seen + text
+class CumulativeText:
+    """Turns DashScope's text events into deltas.
+
+    This model sends the whole text so far in every event (seed 002). The mode is fixed at the
+    second event that carries text: if it extends the first, the stream is cumulative; if not,
+    the server sends increments after all (as other DashScope models do) and they are appended.
+    In cumulative mode an event that does not extend what was seen (a rewritten tail, e.g. a
+    replacement character that became a whole one) continues from the common prefix: the
+    caller takes back what differs and appends the rest, never the whole text again.
+    """
+
+    def __init__(self) -> None:
+        self.seen = ""
+        self.events = 0
+        self.cumulative = True
+
+    def feed(self, text: str) -> tuple[str, int]:
+        """(new text, characters to take back first) for one event's text."""
+        if not text:
+            return "", 0
+        self.events += 1
+        if self.events == 2 and not text.startswith(self.seen):
+            self.cumulative = False
+        if not self.cumulative:
+            self.seen += text
+            return text, 0
+        if text.startswith(self.seen):
+            delta = text[len(self.seen):]
+            self.seen = text
+            return delta, 0
+        common = 0
+        for old, new in zip(self.seen, text, strict=False):
+            if old != new:
+                break
+            common += 1
+        logger.info("%s: cumulative text diverged after %d characters", NAME, common)
+        rewind = len(self.seen) - common
+        self.seen = text
+        return text[common:], rewind
 
 
 def _finish_reason(choice: Mapping[str, Any]) -> str | None:

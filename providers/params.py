@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from providers.base import ErrorKind, ProviderError
-from providers.catalogue import CF_TEXT_MODEL, CF_VISION_MODEL, DASHSCOPE_MODEL, QIANFAN_MODEL
+from providers.catalogue import (
+    CF_TEXT_MODEL,
+    CF_VISION_MODEL,
+    DASHSCOPE_MODEL,
+    QIANFAN_MODEL,
+    context_window,
+)
 
 # Cloudflare's own default is 256 tokens, which cuts most answers short; we always send this.
 CLOUDFLARE_DEFAULT_MAX_TOKENS = 1024
@@ -38,6 +44,8 @@ class ParamSpec:
     max_item_length: int | None = None
 
     def describe_range(self) -> str:
+        if self.type is str:
+            return f"a string of at most {self.max_item_length} characters"
         if self.type is list:
             return f"up to {self.max_items} strings of at most {self.max_item_length} characters"
         low = "" if self.min is None else f"{_fmt(self.min)} {'<' if self.min_exclusive else '≤'} "
@@ -54,8 +62,9 @@ def _cloudflare_specs() -> dict[str, ParamSpec]:
     penalty_help = "Optional; 0..2 per the model schema."
     return {
         "max_tokens": ParamSpec(
-            int, 1, None, CLOUDFLARE_DEFAULT_MAX_TOKENS, "Max tokens",
-            "Longest answer in tokens. Always sent: Cloudflare's own default (256) is too short.",
+            int, 1, context_window(CF_TEXT_MODEL), CLOUDFLARE_DEFAULT_MAX_TOKENS, "Max tokens",
+            "Longest answer in tokens, at most the context window. Always sent: Cloudflare's own "
+            "default (256) is too short.",
         ),
         "temperature": ParamSpec(
             float, 0, 5, None, "Temperature", "Randomness, 0..5. Cloudflare's default is 0.6."
@@ -71,39 +80,56 @@ def _cloudflare_specs() -> dict[str, ParamSpec]:
     }
 
 
-# DashScope documents only the names for this model; the ranges below are the Qwen ones on the
-# same endpoint (UNCONFIRMED for Llama), so they are kept loose.
+# DashScope (seed 002): max_new_tokens (default 512, within the 8192-token context), top_p in
+# (0, 1], temperature >= 0 (no upper bound stated), top_k (None, or above 100 = off),
+# min_new_tokens.
+_DASHSCOPE_WINDOW = context_window(DASHSCOPE_MODEL)
 _DASHSCOPE_SPECS: dict[str, ParamSpec] = {
     "max_tokens": ParamSpec(
-        int, 1, 8192, None, "Max tokens",
+        int, 1, _DASHSCOPE_WINDOW, None, "Max tokens",
         "Sent as max_new_tokens. DashScope's default is 512; the context is 8192 tokens.",
     ),
+    "min_new_tokens": ParamSpec(
+        int, 1, _DASHSCOPE_WINDOW, None, "Min tokens", "Shortest answer in tokens.",
+    ),
     "temperature": ParamSpec(
-        float, 0, 2, None, "Temperature", "Randomness, 0 ≤ value < 2.", max_exclusive=True
+        float, 0, None, None, "Temperature", "Randomness, 0 or more. DashScope's default is 0.8.",
     ),
     "top_p": ParamSpec(
         float, 0, 1, None, "Top p", "Nucleus sampling, 0 < value ≤ 1.", min_exclusive=True
     ),
-    "top_k": ParamSpec(int, 1, 100, None, "Top k", "Sample from the k likeliest tokens, 1..100."),
+    "top_k": ParamSpec(
+        int, 1, None, None, "Top k",
+        "Sample from the k likeliest tokens; above 100 turns top-k sampling off.",
+    ),
 }
 
-# Qianfan: no max_output_tokens for the Llama endpoints (the SDK's optional keys for them do
-# not list it), so there is no max_tokens here.
+# Qianfan (seed 003): temperature (0, 1], top_k positive, top_p [0, 1], penalty_score [1, 2],
+# stop (<= 4 x <= 20 characters), user_id. The Llama endpoint has no output-length parameter:
+# `max_tokens` is ours, enforced by the client while it reads (providers/qianfan.py) and never
+# sent.
 _QIANFAN_SPECS: dict[str, ParamSpec] = {
+    "max_tokens": ParamSpec(
+        int, 1, context_window(QIANFAN_MODEL), None, "Max tokens",
+        "Longest answer in tokens (estimated). Qianfan has no such parameter for this model: "
+        "the answer is cut here when it reaches the limit.",
+    ),
     "temperature": ParamSpec(
         float, 0, 1, None, "Temperature",
         "Randomness. Qianfan requires 0 < value ≤ 1; 0 is sent as 0.01.",
     ),
     "top_k": ParamSpec(int, 1, None, None, "Top k", "Sample from the k likeliest tokens."),
-    "top_p": ParamSpec(
-        float, 0, 1, None, "Top p", "Nucleus sampling, 0 < value ≤ 1.", min_exclusive=True
-    ),
+    "top_p": ParamSpec(float, 0, 1, None, "Top p", "Nucleus sampling, 0 ≤ value ≤ 1."),
     "penalty_score": ParamSpec(
         float, 1, 2, None, "Penalty score", "Repetition penalty, 1..2."
     ),
     "stop": ParamSpec(
         list, None, None, None, "Stop sequences",
         "Up to 4 strings of at most 20 characters each.", max_items=4, max_item_length=20,
+    ),
+    "user_id": ParamSpec(
+        str, None, None, None, "User id", "Who asks, for the vendor's abuse tracking.",
+        max_item_length=128,
     ),
 }
 
@@ -154,6 +180,11 @@ def validate_params(model_id: str, params: Mapping[str, Any]) -> dict[str, Any]:
 def _check(name: str, spec: ParamSpec, value: Any) -> Any:
     if spec.type is list:
         return _check_strings(name, spec, value)
+    if spec.type is str:
+        if not isinstance(value, str) or (
+                spec.max_item_length is not None and len(value) > spec.max_item_length):
+            raise bad_param(f"Parameter {name!r} must be {spec.describe_range()}.")
+        return value
     number = _coerce_number(name, spec, value)
     if not _in_range(spec, number):
         raise bad_param(f"Parameter {name!r} must be {spec.describe_range()}; got {value!r}.")

@@ -50,6 +50,7 @@ from providers.retry import (
     read_body_limited,
 )
 from providers.sse import SSEDecoder, aiter_events
+from providers.tokens import estimate_tokens
 
 logger = logging.getLogger("providers.qianfan")
 
@@ -58,8 +59,14 @@ CHAT_PATH = "/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/"
 TOKEN_PATH = "/oauth/2.0/token"
 MAX_INPUT_CHARS = 4800
 MIN_TEMPERATURE = 0.01
-TOKEN_ERROR_CODES = frozenset({110, 111})
+# 110/111: the token is invalid or expired; 100: the access_token parameter is missing or
+# malformed. All three are cured by a fresh token (refresh once, retry once).
+TOKEN_ERROR_CODES = frozenset({100, 110, 111})
 IMAGE_PLACEHOLDER = "[image]"
+EARLIER_FLAGGED = (
+    "Qianfan's moderation flagged an earlier message of this conversation, so it refuses every "
+    "answer that includes it. Retry: the earlier message will be left out."
+)
 _DEFAULT_TOKEN_LIFETIME = 3600.0  # when the token reply has no usable expires_in
 
 _CODE_KINDS: dict[int, ErrorKind] = {
@@ -156,6 +163,8 @@ class _TokenRejected(Exception):
 class _Prepared:
     url: str
     body: dict[str, Any]
+    max_tokens: int | None = None  # the local output cap (estimated tokens)
+    rounds: tuple[tuple[int, ...], ...] = ()  # per round sent: indexes into request.messages
 
 
 class QianfanClient(StreamingClient):
@@ -182,11 +191,14 @@ class QianfanClient(StreamingClient):
         params = self._validated_params(request)
         if "temperature" in params:
             params["temperature"] = min(1.0, max(MIN_TEMPERATURE, params["temperature"]))
-        system, messages = shape_messages(request)
+        # Ours, not the vendor's: this model has no output-length parameter (providers.md 3.2).
+        max_tokens = params.pop("max_tokens", None)
+        system, messages, rounds = shape_messages(request)
         body: dict[str, Any] = {"messages": messages, "stream": True, **params}
         if system:
             body["system"] = system
-        return _Prepared(url=self._base_url + CHAT_PATH + request.model, body=body)
+        return _Prepared(url=self._base_url + CHAT_PATH + request.model, body=body,
+                         max_tokens=max_tokens, rounds=rounds)
 
     # ---- access token ---------------------------------------------------------------------
 
@@ -277,19 +289,21 @@ class QianfanClient(StreamingClient):
                     and is_event_stream(response)
                     and "json" not in content_type
                 ):
-                    async with aclosing(self._read_stream(response)) as items:
+                    async with aclosing(self._read_stream(response, prepared)) as items:
                         async for item in items:
                             yield item
                     return
                 body = await read_body_limited(response)
-        for item in self._read_plain(response, body):
+        for item in self._read_plain(response, body, prepared):
             yield item
 
-    async def _read_stream(self, response: httpx.Response) -> AsyncGenerator[StreamItem, None]:
+    async def _read_stream(self, response: httpx.Response, prepared: _Prepared
+                           ) -> AsyncGenerator[StreamItem, None]:
         decoder = SSEDecoder(
             max_event_bytes=self._max_event_bytes, keep_other_lines=True, provider=NAME
         )
         text_sent = False
+        written = ""  # for the local output cap
         usage: Usage | None = None
         request_id: str | None = None
         async for event in aiter_events(response, decoder):
@@ -316,10 +330,19 @@ class QianfanClient(StreamingClient):
             request_id = str(payload.get("id") or "") or request_id
             usage = _usage(payload.get("usage")) or usage
             if payload.get("need_clear_history"):
-                raise _content_filtered(request_id)
+                raise _content_filtered(request_id, payload.get("ban_round"), prepared)
             text = payload.get("result")
             if isinstance(text, str) and text:
                 text_sent = True
+                if prepared.max_tokens is not None:
+                    text, capped = _cap(written, text, prepared.max_tokens)
+                    written += text
+                    if capped:
+                        # Stop reading: leaving this block closes the upstream response.
+                        if text:
+                            yield Delta(text)
+                        yield Finish(reason="length", usage=usage, request_id=request_id)
+                        return
                 yield Delta(text)
             if payload.get("is_end") is True:
                 reason = "length" if payload.get("is_truncated") else "stop"
@@ -331,7 +354,8 @@ class QianfanClient(StreamingClient):
             request_id=request_id,
         )
 
-    def _read_plain(self, response: httpx.Response, body: bytes) -> list[StreamItem]:
+    def _read_plain(self, response: httpx.Response, body: bytes, prepared: _Prepared
+                    ) -> list[StreamItem]:
         """JSON reply to a stream request: nearly always an error (providers.md 3.4)."""
         payload = json_object(body.decode("utf-8", errors="replace"))
         if payload is not None and "error_code" in payload:
@@ -340,10 +364,14 @@ class QianfanClient(StreamingClient):
             raise self._status_error(response)
         request_id = str(payload.get("id") or "") or None
         if payload.get("need_clear_history"):
-            raise _content_filtered(request_id)
+            raise _content_filtered(request_id, payload.get("ban_round"), prepared)
         text = payload.get("result")
-        items: list[StreamItem] = [Delta(text)] if isinstance(text, str) and text else []
-        reason = "length" if payload.get("is_truncated") else "stop"
+        text = text if isinstance(text, str) else ""
+        capped = False
+        if prepared.max_tokens is not None:
+            text, capped = _cap("", text, prepared.max_tokens)
+        items: list[StreamItem] = [Delta(text)] if text else []
+        reason = "length" if payload.get("is_truncated") or capped else "stop"
         usage = _usage(payload.get("usage"))
         items.append(Finish(reason=reason, usage=usage, request_id=request_id))
         return items
@@ -366,8 +394,10 @@ class QianfanClient(StreamingClient):
         code = int(raw_code) if raw_code.isdigit() else None
         kind = _CODE_KINDS.get(code) if code is not None else None
         if kind is None:
-            in_input_range = code is not None and 336001 <= code <= 336099
-            kind = ErrorKind.BAD_REQUEST if in_input_range else ErrorKind.UNAVAILABLE
+            # 3360xx and 3361xx are faults of the request (336100, overload, is listed above):
+            # retrying the same request is useless.
+            client_fault = code is not None and 336001 <= code <= 336199
+            kind = ErrorKind.BAD_REQUEST if client_fault else ErrorKind.UNAVAILABLE
         detail = safe_vendor_text(payload.get("error_msg") or "", self._secrets())
         message = _KIND_TEXT[kind]
         if code is not None or detail:
@@ -412,8 +442,14 @@ class QianfanClient(StreamingClient):
 # ---- helpers ----------------------------------------------------------------------------
 
 
-def shape_messages(request: ChatRequest) -> tuple[str, list[dict[str, str]]]:
-    """(system, messages) following Qianfan's rules; see the module docstring."""
+def shape_messages(
+    request: ChatRequest,
+) -> tuple[str, list[dict[str, str]], tuple[tuple[int, ...], ...]]:
+    """(system, messages, rounds) following Qianfan's rules; see the module docstring.
+
+    `rounds[k]` lists the indexes into `request.messages` that round k (messages 2k and 2k+1
+    sent) was made of, so a `ban_round` can be traced back to the turns it flagged.
+    """
     last = request.messages[-1] if request.messages else None
     if last is None or last.role != "user" or not last.text.strip():
         raise ProviderError(
@@ -423,7 +459,8 @@ def shape_messages(request: ChatRequest) -> tuple[str, list[dict[str, str]]]:
         )
     system_parts = [request.system] if request.system else []
     turns: list[dict[str, str]] = []
-    for message in request.messages:
+    sources: list[list[int]] = []
+    for index, message in enumerate(request.messages):
         if message.role == "system":
             system_parts.append(message.text)
             continue
@@ -434,15 +471,22 @@ def shape_messages(request: ChatRequest) -> tuple[str, list[dict[str, str]]]:
             text = IMAGE_PLACEHOLDER
         if turns and turns[-1]["role"] == message.role:
             turns[-1]["content"] += "\n\n" + text
+            sources[-1].append(index)
         else:
             turns.append({"role": message.role, "content": text})
+            sources.append([index])
     while turns[0]["role"] != "user":  # the last turn is a user turn, so this stops
         turns.pop(0)
+        sources.pop(0)
     system = "\n\n".join(p for p in system_parts if p)
-    return system, _fit_budget(system, turns)
+    turns, sources = _fit_budget(system, turns, sources)
+    rounds = tuple(tuple(sources[i] + (sources[i + 1] if i + 1 < len(sources) else []))
+                   for i in range(0, len(sources), 2))
+    return system, turns, rounds
 
 
-def _fit_budget(system: str, turns: list[dict[str, str]]) -> list[dict[str, str]]:
+def _fit_budget(system: str, turns: list[dict[str, str]], sources: list[list[int]]
+                ) -> tuple[list[dict[str, str]], list[list[int]]]:
     """Drop the oldest user/assistant pairs until content + system fit in 4800 characters."""
 
     def size() -> int:
@@ -450,6 +494,7 @@ def _fit_budget(system: str, turns: list[dict[str, str]]) -> list[dict[str, str]
 
     while len(turns) > 1 and size() > MAX_INPUT_CHARS:
         del turns[:2]
+        del sources[:2]
     if size() > MAX_INPUT_CHARS:
         raise ProviderError(
             ErrorKind.BAD_REQUEST,
@@ -457,7 +502,22 @@ def _fit_budget(system: str, turns: list[dict[str, str]]) -> list[dict[str, str]
             f"prompt, limit {MAX_INPUT_CHARS}.",
             vendor_code="input_too_long",
         )
-    return turns
+    return turns, sources
+
+
+def _cap(written: str, text: str, max_tokens: int) -> tuple[str, bool]:
+    """The part of `text` that keeps the answer within `max_tokens` (estimated), and whether
+    the cap was reached."""
+    if estimate_tokens(written + text) <= max_tokens:
+        return text, False
+    low, high = 0, len(text)  # the longest prefix that still fits
+    while low < high:
+        middle = (low + high + 1) // 2
+        if estimate_tokens(written + text[:middle]) <= max_tokens:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low], True
 
 
 def _header_request_id(response: httpx.Response) -> str | None:
@@ -468,12 +528,23 @@ def _header_request_id(response: httpx.Response) -> str | None:
     return None
 
 
-def _content_filtered(request_id: str | None) -> ProviderError:
+def _content_filtered(request_id: str | None, ban_round: Any, prepared: _Prepared
+                      ) -> ProviderError:
+    """`need_clear_history`: moderation flagged the current turn (`ban_round` -1 or absent) or
+    an earlier round; then every later request would be refused too, so the error names the
+    turns (indexes into the request's messages) for the caller to leave out."""
+    flagged: list[int] = []
+    if isinstance(ban_round, int) and not isinstance(ban_round, bool) and 0 <= ban_round < len(
+            prepared.rounds) - 1:  # UNCONFIRMED: rounds counted from 0 over the turns sent
+        flagged = list(prepared.rounds[ban_round])
+    hint = EARLIER_FLAGGED if flagged else None
     return ProviderError(
         ErrorKind.CONTENT_FILTERED,
         _KIND_TEXT[ErrorKind.CONTENT_FILTERED],
         vendor_code="need_clear_history",
         request_id=request_id,
+        hint=hint,
+        details={"flagged_messages": flagged, "ban_round": ban_round},
     )
 
 

@@ -27,7 +27,7 @@ def param_fields(models: list[ModelConfig]) -> list[ParamField]:
     fields: dict[str, ParamField] = {}
     for model in models:
         for name, spec in model.param_specs().items():
-            if spec.type is list:
+            if spec.type in (list, str):
                 continue
             field = fields.setdefault(name, ParamField(
                 name, spec.label, "number", "1" if spec.type is int else "any", {}))
@@ -43,7 +43,7 @@ def _parse_params(data: Any, model: ModelConfig) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for name, spec in specs.items():
         raw = (data.get(f"param_{name}") or "").strip()
-        if not raw or spec.type is list:
+        if not raw or spec.type in (list, str):
             continue
         try:
             params[name] = int(raw) if spec.type is int else float(raw)

@@ -181,9 +181,12 @@ class CloudflareHandler:
         if not bearer_matches(req, creds.cloudflare_api_token):
             return envelope_error(401, 10000, "Authentication error", headers)
         if account != creds.cloudflare_account_id:
-            return envelope_error(403, 10000, "Authentication error", headers)
+            # Observed for an account id the token does not own (providers.md 1.4).
+            return envelope_error(
+                400, 7003, f"Could not route to /client/v4/accounts/{account}/ai/run, perhaps "
+                "your object identifier is invalid?", headers)
         if plan.before is not None:
-            defaults = {"quota-before": 4006, "500-before": 3043}
+            defaults = {"quota-before": 4006, "free-tier-before": 3036, "500-before": 3043}
             return _fault_error(plan.before, defaults.get(plan.before.kind, 3040), headers)
         return None
 

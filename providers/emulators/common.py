@@ -24,6 +24,10 @@ class Options:
     image_fetch_timeout: float = 5.0
     image_hosts: frozenset[str] = frozenset({"127.0.0.1", "localhost", "::1"})
     max_image_bytes: int = 10 * 1024 * 1024
+    # Assumptions no vendor document settles: named switches, both behaviours tested
+    # (providers/emulators/README.md lists them).
+    dashscope_multi_image: bool = False  # FAQ: no image lists; True accepts several per request
+    qianfan_unknown_keys: str = "refuse"  # "refuse" (336003) or "ignore" body keys seed 003 lacks
 
 
 class NotJson(Exception):

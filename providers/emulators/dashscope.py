@@ -63,6 +63,11 @@ MESSAGES: dict[str, str] = {
         "An internal error has occured, please try again later or contact service support."
     ),
     "DataInspectionFailed": "Output data may contain inappropriate content.",
+    "AllocationQuota.FreeTierOnly": (
+        "The free tier of the model has been exhausted. If you wish to continue access the model "
+        "on a paid basis, please disable the \"use free tier only\" mode in the management "
+        "console."
+    ),
     "InvalidParameter": (
         "<400> InternalError.Algo.InvalidParameter: An unknown error occurred due to an "
         "unsupported input format."
@@ -76,7 +81,7 @@ def status_for(code: str) -> int:
         return 429
     if code == "InvalidApiKey":
         return 401
-    if code.startswith("AccessDenied"):
+    if code.startswith(("AccessDenied", "AllocationQuota")):
         return 403
     if code == "ModelNotFound":
         return 404
@@ -166,12 +171,15 @@ class DashScopeHandler:
         except NotJson:
             raise BadRequest("Request body is not valid JSON.") from None  # UNCONFIRMED text
         messages = validate(body)
-        images = await asyncio.gather(*(self._image_size(url) for url in _image_urls(messages)))
-        self.state.update(rec, image_bytes=list(images))
+        urls = _image_urls(messages)
+        self._check_image_count(len(urls))
         parameters = body.get("parameters") or {}
         cap = parameters.get("max_new_tokens") if is_int(parameters.get("max_new_tokens")) else None
+        input_tokens = count_tokens(_all_text(messages)) + IMAGE_TOKENS * len(urls)
+        _check_context(input_tokens, cap)
+        images = await asyncio.gather(*(self._image_size(url) for url in urls))
+        self.state.update(rec, image_bytes=list(images))
         answer = build_answer(last_user_text(body), plan, cap)
-        input_tokens = count_tokens(_all_text(messages)) + IMAGE_TOKENS * len(images)
         if req.headers.get("x-dashscope-sse", "").strip().lower() == "enable":
             frames = _frames(answer, plan, input_tokens, request_id, self.options.timestamps)
             headers = [("Content-Type", SSE_CONTENT_TYPE), ("x-request-id", request_id)]
@@ -206,6 +214,7 @@ class DashScopeHandler:
             "auth-before": "InvalidApiKey",
             "429-before": "Throttling.RateQuota",
             "quota-before": "Throttling.AllocationQuota",
+            "free-tier-before": "AllocationQuota.FreeTierOnly",
             "500-before": "InternalError",
         }[kind]
         status, code, message = _fault_parts(fault, default)
@@ -231,6 +240,20 @@ class DashScopeHandler:
             return size
         return await self._fetch(url)
 
+    def _check_image_count(self, count: int) -> None:
+        if count == 0:
+            # Seed 002: text-only input is not supported; the request needs an image URL.
+            # UNCONFIRMED wording.
+            raise BadRequest(
+                "<400> InternalError.Algo.InvalidParameter: The input must contain an image url."
+            )
+        if count > 1 and not self.options.dashscope_multi_image:
+            # Seed 002's FAQ: image lists are not supported. UNCONFIRMED code and wording.
+            raise BadRequest(
+                "<400> InternalError.Algo.InvalidParameter: Only one image is supported per "
+                "request."
+            )
+
     def _check_size(self, size: int) -> None:
         if size > self.options.max_image_bytes:
             raise BadRequest(
@@ -246,9 +269,10 @@ class DashScopeHandler:
             try:
                 size, redirect = await self._get(client, url)
             except httpx.HTTPError:
+                # The code seen when Alibaba cannot fetch an image (QwenLM/Qwen-VL#431).
                 raise BadRequest(
-                    "<400> InternalError.Algo.InvalidParameter: Download the media resource "
-                    "timed out during the data inspection process."
+                    "Download the media resource timed out during the data inspection process.",
+                    code="InvalidParameter.DataInspection",
                 ) from None
             if redirect is None:
                 return size
@@ -267,10 +291,12 @@ class DashScopeHandler:
                 return 0, location
             content_type = response.headers.get("content-type", "")
             if response.status_code != 200 or not content_type.startswith("image/"):
-                # UNCONFIRMED wording; the code (400 InvalidParameter) is what clients match.
+                # An image that cannot be fetched: the download failure's code (UNCONFIRMED
+                # that a 4xx from the image host gives the same one as a timeout).
                 raise BadRequest(
-                    "<400> InternalError.Algo.InvalidParameter: Failed to download the image "
-                    f"(HTTP {response.status_code}, content type {content_type or 'none'})."
+                    "Download the media resource failed during the data inspection process "
+                    f"(HTTP {response.status_code}, content type {content_type or 'none'}).",
+                    code="InvalidParameter.DataInspection",
                 )
             size = 0
             async for chunk in response.aiter_raw():
@@ -411,6 +437,19 @@ def validate(body: Any) -> list[dict[str, Any]]:
     return messages
 
 
+CONTEXT_TOKENS = 8192  # seed 002: input (image tokens included) plus max_new_tokens
+DEFAULT_MAX_NEW_TOKENS = 512
+
+
+def _check_context(input_tokens: int, max_new_tokens: int | None) -> None:
+    if input_tokens + (max_new_tokens or DEFAULT_MAX_NEW_TOKENS) > CONTEXT_TOKENS:
+        # UNCONFIRMED wording (Qwen's reads "Range of input length should be [1, N]").
+        raise BadRequest(
+            "<400> InternalError.Algo.InvalidParameter: Range of input length should be "
+            f"[1, {CONTEXT_TOKENS - (max_new_tokens or DEFAULT_MAX_NEW_TOKENS)}]"
+        )
+
+
 def _check_message(index: int, message: Any) -> None:
     where = f"messages[{index}]"
     if not isinstance(message, dict) or message.get("role") not in {"system", "user", "assistant"}:
@@ -431,11 +470,6 @@ def _check_message(index: int, message: Any) -> None:
                 f"<400> InternalError.Algo.InvalidParameter: {where}.content items must be "
                 '{"image": "<url>"} or {"text": "<text>"}.'
             )
-    if message["role"] == "user" and not any("image" in item for item in content):
-        # UNCONFIRMED wording; the seed doc says text-only user turns are not allowed.
-        raise BadRequest(
-            "<400> InternalError.Algo.InvalidParameter: Each user message must contain an image."
-        )
 
 
 def _check_parameters(parameters: Any) -> None:
@@ -444,12 +478,14 @@ def _check_parameters(parameters: Any) -> None:
     if not isinstance(parameters, dict):
         raise BadRequest("<400> InternalError.Algo.InvalidParameter: parameters must be an object.")
     checks: dict[str, tuple[str, Any]] = {
-        "temperature": (
-            "Range of temperature should be [0.0, 2.0)",
-            lambda v: is_number(v) and 0 <= v < 2,
-        ),
+        "temperature": ("temperature must be 0 or more", lambda v: is_number(v) and v >= 0),
         "top_p": ("Range of top_p should be (0.0, 1.0]", lambda v: is_number(v) and 0 < v <= 1),
-        "top_k": ("Range of top_k should be [0, 100]", lambda v: is_int(v) and 0 <= v <= 100),
+        # Seed 002: None, or above 100 to switch top-k off.
+        "top_k": ("top_k must be an integer of 0 or more", lambda v: is_int(v) and v >= 0),
+        "min_new_tokens": (
+            "Range of min_new_tokens should be [1, 8192]",
+            lambda v: is_int(v) and 1 <= v <= 8192,
+        ),
         # The upper bound is UNCONFIRMED; 8192 is the model's whole context.
         "max_new_tokens": (
             "Range of max_new_tokens should be [1, 8192]",

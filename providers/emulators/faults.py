@@ -25,6 +25,9 @@ FAULT_PARAMS: dict[str, frozenset[str]] = {
     "slow": frozenset({"n"}),
     "429-before": frozenset({"code", "message", "retry_after", "status"}),
     "quota-before": frozenset({"code", "message", "retry_after", "status"}),
+    # A quota that never comes back: DashScope's free-trial-only model (FreeTierOnly),
+    # Qianfan's free quota (19), Cloudflare's daily allocation (3036).
+    "free-tier-before": frozenset({"code", "message", "status"}),
     "500-before": frozenset({"code", "message", "status"}),
     "auth-before": frozenset({"code", "message", "status"}),
     "error-after": frozenset({"n", "code", "message", "status"}),
@@ -59,6 +62,7 @@ BEFORE_KINDS = frozenset(
     {
         "429-before",
         "quota-before",
+        "free-tier-before",
         "500-before",
         "auth-before",
         "dashscope-error-sse-as-json",

@@ -164,7 +164,8 @@ class QianfanHandler:
         if token_state != "valid":
             return error_reply(111 if token_state == "expired" else 110)
         if before is not None:
-            default = {"429-before": 18, "quota-before": 17, "500-before": 336000}[before.kind]
+            default = {"429-before": 18, "quota-before": 17, "free-tier-before": 19,
+                       "500-before": 336000}[before.kind]
             return _fault_reply(before, default)
         if model not in MODELS:
             return error_reply(3)
@@ -172,7 +173,7 @@ class QianfanHandler:
             body = parse_body(req.body)
         except NotJson:
             return error_reply(336002)
-        problem = validate(body)
+        problem = validate(body, self.options.qianfan_unknown_keys)
         if problem is not None:
             return error_reply(*problem)
         answer = build_answer(last_user_text(body), plan)
@@ -297,10 +298,22 @@ def _all_text(body: dict[str, Any]) -> str:
     return " ".join([str(body.get("system", "")), *parts])
 
 
-def validate(body: Any) -> tuple[int, str] | None:
-    """(error_code, error_msg) for the first problem, the way Qianfan reports it."""
+# The body keys seed 003 documents for Meta-Llama-3-70B-Instruct.
+DOCUMENTED_KEYS = frozenset({"messages", "stream", "temperature", "top_k", "top_p",
+                             "penalty_score", "stop", "system", "user_id", "metadata"})
+
+
+def validate(body: Any, unknown_keys: str = "refuse") -> tuple[int, str] | None:
+    """(error_code, error_msg) for the first problem, the way Qianfan reports it.
+
+    `unknown_keys`: whether a key the seed does not document is refused (336003) or ignored;
+    UNCONFIRMED which the vendor does (providers.md 3.2), so both are switchable.
+    """
     if not isinstance(body, dict):
         return 336002, "Invalid JSON"
+    unknown = sorted(set(body) - DOCUMENTED_KEYS)
+    if unknown and unknown_keys == "refuse":
+        return 336003, f"Invalid parameter: {unknown[0]}"  # UNCONFIRMED text
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return 336003, "messages can not be empty"  # UNCONFIRMED text
@@ -328,7 +341,7 @@ def _check_sampling(body: dict[str, Any]) -> tuple[int, str] | None:
             "the range of temperature is (0, 1.0]",
             lambda v: is_number(v) and 0 < v <= 1,
         ),
-        "top_p": ("the range of top_p is (0, 1.0]", lambda v: is_number(v) and 0 < v <= 1),
+        "top_p": ("the range of top_p is [0, 1.0]", lambda v: is_number(v) and 0 <= v <= 1),
         "top_k": ("top_k must be a positive integer", lambda v: is_int(v) and v > 0),
         "penalty_score": (
             "the range of penalty_score is [1.0, 2.0]",

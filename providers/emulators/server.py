@@ -44,6 +44,8 @@ class EmulatorServer:
         credentials: Credentials | None = None,
         *,
         dashscope_accept_data_uri: bool = False,
+        dashscope_multi_image: bool = False,
+        qianfan_unknown_keys: str = "refuse",
         cloudflare_licence_agreed: bool = False,
         timestamps: bool = True,
         image_fetch_timeout: float = 5.0,
@@ -56,6 +58,8 @@ class EmulatorServer:
         self.options = Options(
             credentials=self.credentials,
             dashscope_accept_data_uri=dashscope_accept_data_uri,
+            dashscope_multi_image=dashscope_multi_image,
+            qianfan_unknown_keys=qianfan_unknown_keys,
             timestamps=timestamps,
             image_fetch_timeout=image_fetch_timeout,
         )

@@ -7,7 +7,7 @@ import pytest
 
 from providers.base import ChatRequest, ErrorKind, ImagePart, Message
 from providers.catalogue import DASHSCOPE_MODEL
-from providers.dashscope import IMAGE_RULE, cumulative_delta
+from providers.dashscope import IMAGE_REQUIRED, CumulativeText
 from providers.emulators import EmulatorServer
 from providers.emulators.answer import build_answer
 from providers.emulators.faults import Plan
@@ -30,7 +30,7 @@ async def test_it_turns_cumulative_text_into_deltas_with_usage_and_finish(
         messages=(
             Message("user", "What is it?", (image,)),
             Message("assistant", "A cat."),
-            Message("user", "What colour?", (image,)),
+            Message("user", "What colour?"),
         ),
         params={"max_tokens": 300, "temperature": 0.5, "top_p": 0.9, "top_k": 4},
     )
@@ -53,12 +53,12 @@ async def test_it_turns_cumulative_text_into_deltas_with_usage_and_finish(
                 {"role": "system", "content": [{"text": "Describe images."}]},
                 {"role": "user", "content": [{"image": image.url}, {"text": "What is it?"}]},
                 {"role": "assistant", "content": [{"text": "A cat."}]},
-                {"role": "user", "content": [{"image": image.url}, {"text": "What colour?"}]},
+                {"role": "user", "content": [{"text": "What colour?"}]},
             ]
         },
         "parameters": {"max_new_tokens": 300, "temperature": 0.5, "top_p": 0.9, "top_k": 4},
     }
-    assert call.image_bytes == [len(PNG), len(PNG)]  # the emulator fetched both signed URLs
+    assert call.image_bytes == [len(PNG)]  # the emulator fetched the one signed URL
 
 
 @pytest.mark.asyncio
@@ -105,24 +105,39 @@ async def test_a_user_turn_without_an_image_is_refused_before_any_call(
     outcome = await run(make_client("dashscope"), ChatRequest(DASHSCOPE_MODEL, messages))
 
     assert outcome.error is not None and outcome.error.kind is ErrorKind.BAD_REQUEST
-    assert outcome.error.message == IMAGE_RULE
-    assert "image in every user message" in outcome.error.message
+    assert outcome.error.message == IMAGE_REQUIRED
+    assert "needs an image in the conversation" in outcome.error.message
     assert emulator.calls("dashscope") == 0
     assert emulator.requests == []
 
 
 @pytest.mark.asyncio
-async def test_an_earlier_user_turn_without_an_image_is_refused_too(
+async def test_text_only_turns_beside_the_one_image_are_sent_as_the_vendor_shows(
     emulator: EmulatorServer, make_client: ClientFactory, run: Drain, image: ImagePart
 ) -> None:
+    # Seed 002's own multi-turn example: the image in the first user turn, text after it.
     messages = (
-        Message("user", "First"),
-        Message("assistant", "ok"),
-        Message("user", "Now with a picture", (image,)),
+        Message("user", "What is in this picture?", (image,)),
+        Message("assistant", "A llama."),
+        Message("user", "Write a poem about the scene."),
     )
     outcome = await run(make_client("dashscope"), ChatRequest(DASHSCOPE_MODEL, messages))
 
-    assert outcome.error is not None and outcome.error.vendor_code == "image_required"
+    assert outcome.error is None and outcome.text
+    sent = emulator.requests[-1].json["input"]["messages"]
+    assert [len([p for p in m["content"] if "image" in p]) for m in sent] == [1, 0, 0]
+
+
+@pytest.mark.asyncio
+async def test_two_images_in_one_request_are_refused_before_any_call(
+    emulator: EmulatorServer, make_client: ClientFactory, run: Drain, image: ImagePart
+) -> None:
+    messages = (Message("user", "One", (image,)), Message("assistant", "ok"),
+                Message("user", "Two", (image,)))
+    outcome = await run(make_client("dashscope"), ChatRequest(DASHSCOPE_MODEL, messages))
+
+    assert outcome.error is not None and outcome.error.vendor_code == "too_many_images"
+    assert emulator.requests == []
     assert emulator.calls("dashscope") == 0
 
 
@@ -188,11 +203,29 @@ async def test_a_wrong_key_is_an_auth_error(
     assert "sk-wrong-key-123456" not in repr(outcome.error)
 
 
-def test_cumulative_text_becomes_deltas_by_prefix_and_is_appended_otherwise() -> None:
-    seen = ""
-    deltas = []
-    for text in ["Hel", "Hello", "Hello, wo", "rld"]:  # the last chunk is an increment
-        delta, seen = cumulative_delta(seen, text)
-        deltas.append(delta)
-    assert deltas == ["Hel", "lo", ", wo", "rld"]
-    assert seen == "Hello, world"
+def _apply(events: list[str]) -> tuple[str, list[tuple[str, int]]]:
+    text, steps, reader = "", [], CumulativeText()
+    for event in events:
+        delta, rewind = reader.feed(event)
+        steps.append((delta, rewind))
+        text = text[: len(text) - rewind] + delta
+    return text, steps
+
+
+def test_cumulative_text_becomes_deltas_by_prefix() -> None:
+    text, steps = _apply(["Hel", "Hello", "Hello, wo", "Hello, world"])
+    assert text == "Hello, world"
+    assert steps == [("Hel", 0), ("lo", 0), (", wo", 0), ("rld", 0)]
+
+
+def test_a_cumulative_event_that_rewrites_the_tail_continues_from_the_common_prefix() -> None:
+    # The audit's probe: a replacement character that later became a whole one.
+    text, steps = _apply(["这是", "这是一\ufffd", "这是一张照片"])
+    assert text == "这是一张照片"  # the vendor's final text, nothing appended twice
+    assert steps[-1] == ("张照片", 1)
+
+
+def test_a_server_that_sends_increments_after_all_is_appended() -> None:
+    text, steps = _apply(["Hel", "lo", ", world"])
+    assert text == "Hello, world"
+    assert all(rewind == 0 for _delta, rewind in steps)

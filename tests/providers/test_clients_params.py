@@ -65,12 +65,15 @@ def test_it_accepts_values_on_the_documented_bounds(model: str, params: dict[str
         (CF_TEXT_MODEL, "seed", 0, "1 ≤"),
         (CF_TEXT_MODEL, "presence_penalty", 2.1, "≤ 2"),
         (DASHSCOPE_MODEL, "top_p", 0, "0 <"),
-        (DASHSCOPE_MODEL, "temperature", 2, "< 2"),
+        (DASHSCOPE_MODEL, "temperature", -0.1, "0 ≤"),
+        (DASHSCOPE_MODEL, "max_tokens", 8193, "≤ 8192"),
+        (QIANFAN_MODEL, "max_tokens", 8193, "≤ 8192"),
+        (CF_TEXT_MODEL, "max_tokens", 10**20, "≤ 128000"),
         (QIANFAN_MODEL, "temperature", 1.2, "≤ 1"),
         (QIANFAN_MODEL, "penalty_score", 0.9, "1 ≤"),
         (QIANFAN_MODEL, "top_k", 0, "1 ≤"),
-        (QIANFAN_MODEL, "top_p", 0, "0 <"),
-        (DASHSCOPE_MODEL, "top_k", 101, "≤ 100"),
+        (QIANFAN_MODEL, "top_p", 1.5, "≤ 1"),
+        (DASHSCOPE_MODEL, "top_k", 0, "1 ≤"),
     ],
 )
 def test_it_rejects_out_of_range_values_naming_parameter_and_range(
@@ -81,9 +84,17 @@ def test_it_rejects_out_of_range_values_naming_parameter_and_range(
     assert words in error.message
 
 
+def test_the_seed_ranges_hold_where_the_seeds_are_looser_than_qwen() -> None:
+    # Seed 003: top_p in [0, 1]; seed 002: top_k above 100 turns it off, temperature >= 0.
+    assert validate_params(QIANFAN_MODEL, {"top_p": 0}) == {"top_p": 0.0}
+    assert validate_params(DASHSCOPE_MODEL, {"top_k": 500, "temperature": 3}) == {
+        "top_k": 500, "temperature": 3.0}
+    assert validate_params(QIANFAN_MODEL, {"user_id": "u-1"}) == {"user_id": "u-1"}
+
+
 def test_it_rejects_parameters_another_model_accepts() -> None:
-    error = rejected(QIANFAN_MODEL, {"max_tokens": 100})
-    assert "'max_tokens'" in error.message
+    error = rejected(QIANFAN_MODEL, {"seed": 100})
+    assert "'seed'" in error.message
     assert "penalty_score" in error.message  # the allowed list is named
     rejected(DASHSCOPE_MODEL, {"seed": 3})
     rejected(CF_TEXT_MODEL, {"penalty_score": 1.5})

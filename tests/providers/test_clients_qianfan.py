@@ -214,7 +214,7 @@ def test_shaping_keeps_roles_alternating_with_an_odd_count_and_system_apart() ->
             Message("user", "e"),
         ),
     )
-    system, messages = shape_messages(request)
+    system, messages, _rounds = shape_messages(request)
 
     assert system == "Be kind.\n\nExtra rule."
     assert messages == [
@@ -231,7 +231,7 @@ def test_shaping_drops_the_oldest_turns_to_fit_the_character_budget() -> None:
         system="s" * 100,
         messages=(Message("user", old), Message("assistant", reply), Message("user", new)),
     )
-    system, messages = shape_messages(request)
+    system, messages, _rounds = shape_messages(request)
 
     assert messages == [{"role": "user", "content": new}]
     assert len(system) + sum(len(m["content"]) for m in messages) <= MAX_INPUT_CHARS

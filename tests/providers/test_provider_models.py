@@ -240,7 +240,8 @@ def test_inactive_and_anonymous_users_see_no_model(owner: Any, admin_user: Any) 
     ("llama-3.2-3b", {"temperature": 5.5}, "temperature"),
     ("llama-3.2-3b", {"max_tokens": 0}, "max_tokens"),
     ("llama-3.2-90b-vision", {"top_p": 0}, "top_p"),
-    ("llama-3-70b", {"max_tokens": 100}, "not accepted"),
+    ("llama-3-70b", {"max_new_tokens": 100}, "not accepted"),
+    ("llama-3-70b", {"max_tokens": 9000}, "max_tokens"),
     ("llama-3-70b", {"stop": ["a", "b", "c", "d", "e"]}, "stop"),
 ])
 def test_clean_refuses_default_params_out_of_range(slug: str, params: dict[str, Any],
@@ -282,4 +283,5 @@ def test_cost_uses_the_prices_per_million_tokens() -> None:
 @pytest.mark.django_db
 def test_param_specs_follow_the_model_id() -> None:
     assert "max_tokens" in ModelConfig.objects.get(slug="llama-3.2-3b").param_specs()
-    assert "max_tokens" not in ModelConfig.objects.get(slug="llama-3-70b").param_specs()
+    assert "penalty_score" in ModelConfig.objects.get(slug="llama-3-70b").param_specs()
+    assert "penalty_score" not in ModelConfig.objects.get(slug="llama-3.2-3b").param_specs()

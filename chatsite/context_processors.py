@@ -15,7 +15,8 @@ def js_strings() -> dict[str, str]:
         "no_access": _("You no longer have access to this conversation."),
         "gone": _("This conversation is no longer available to you."),
         "text_only": _("%(model)s reads text only: images are not sent to it."),
-        "needs_image": _("%(model)s needs an image in every message."),
+        "needs_image": _("%(model)s needs an image in the conversation: attach one to your "
+                         "message."),
         "up_to": _("Up to %(n)s image(s) per message."),
         "no_images": _("%(model)s does not take images."),
         "max_images": _("%(model)s takes at most %(n)s image(s) per message."),

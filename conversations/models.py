@@ -94,10 +94,13 @@ class Message(models.Model):
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     cost = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
     request_id = models.CharField(max_length=120, blank=True)
-    # Why it did not complete normally (an ErrorKind value, "internal", "interrupted"), or "".
-    error_code = models.CharField(max_length=40, blank=True)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    # An earlier turn the vendor's moderation flagged (Qianfan's ban_round): left out of every
+    # later request of this branch, so the conversation can go on.
+    context_excluded = models.BooleanField(default=False)
+    # Of an answer: how many earlier messages were not sent to the model (its context budget).
+    context_dropped = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

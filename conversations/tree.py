@@ -52,6 +52,13 @@ def path_up(conversation: Conversation, start: uuid.UUID, *, bound: int,
     return [(mid, parent) for mid, parent in found if mid is not None]
 
 
+def path_up_ids(conversation_id: uuid.UUID, start: uuid.UUID
+                ) -> list[tuple[uuid.UUID, uuid.UUID | None]]:
+    """(id, parent id) of the whole branch ending at `start`, oldest first."""
+    conversation = Conversation(pk=conversation_id)
+    return path_up(conversation, start, bound=NO_BOUND, limit=None)
+
+
 def history_for(assistant: Message) -> list[Message]:
     """The messages a model sees for this answer: the branch up to its user prompt."""
     if assistant.parent_id is None:

@@ -258,7 +258,9 @@ class ModelConfig(models.Model):
     model_id = models.CharField(_("vendor model id"), max_length=120)
     display_name = models.CharField(_("display name"), max_length=120)
     vision = models.BooleanField(_("accepts images"), default=False)
-    requires_image = models.BooleanField(_("needs an image in every user turn"), default=False)
+    # The request must carry an image (DashScope's Llama): the conversation needs one stored
+    # image; follow-up turns may be text only, and the latest image is the one sent.
+    requires_image = models.BooleanField(_("needs an image in the conversation"), default=False)
     context_window = models.PositiveIntegerField(_("context window (tokens)"), default=8192)
     max_input_chars = models.PositiveIntegerField(_("max input characters"), null=True,
                                                   blank=True)

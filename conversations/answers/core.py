@@ -36,10 +36,9 @@ from providers import crypto
 from providers.base import ChatRequest, Delta, ErrorKind, Finish, ProviderClient, ProviderError
 from providers.models import ModelConfig, Provider
 from providers.services import client_for
+from providers.tokens import estimate_message_tokens, estimate_tokens
 
 log = logging.getLogger(__name__)
-
-CHARS_PER_TOKEN = 4
 
 # What a user reads when an answer failed, by error kind (the partial text is kept).
 FAILURE_MESSAGES = {
@@ -60,16 +59,16 @@ INTERNAL = "Something went wrong on our side. Retry."
 INTERRUPTED = "The server restarted while this answer was written."
 
 
-def estimate_tokens(chars: int) -> int:
-    """The one token estimate: about four characters a token, rounded up."""
-    return (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
-
-
-def prompt_chars(request: ChatRequest) -> int:
-    return len(request.system) + sum(len(m.text) for m in request.messages)
+def prompt_tokens(request: ChatRequest) -> int:
+    """The estimate of what a request's input cost (providers/tokens.py)."""
+    return estimate_tokens(request.system) + sum(
+        estimate_message_tokens(m.text, len(m.images)) for m in request.messages)
 
 
 def failure_message(exc: ProviderError) -> str:
+    """What a reader of a failed answer should know and do."""
+    if exc.hint:  # the client knows better than the kind's generic advice
+        return exc.hint
     # A bad request's own message names the parameter or limit the vendor refused.
     if exc.kind == ErrorKind.BAD_REQUEST:
         return exc.message
@@ -116,11 +115,15 @@ class Answer:
             self._parts = ["".join(self._parts)]
         return self._parts[0] if self._parts else ""
 
-    def _append(self, piece: str) -> None:
+    def _apply(self, delta: Delta) -> None:
         if self.first_token is None:
             self.first_token = time.monotonic()
-        self._parts.append(piece)
-        self.length += len(piece)
+        if delta.rewind:
+            text = self.text
+            self._parts = [text[: max(0, len(text) - delta.rewind)]]
+            self.length = len(self._parts[0])
+        self._parts.append(delta.text)
+        self.length += len(delta.text)
 
     # --- the stream -----------------------------------------------------------------------------
     def _client(self) -> ProviderClient:
@@ -133,18 +136,19 @@ class Answer:
             raise ProviderError(ErrorKind.AUTH, NOT_CONFIGURED,
                                 vendor_code="not_configured") from None
 
-    async def deltas(self) -> AsyncIterator[str]:
-        """The new text as it arrives. Ends after the provider's finish; raises ProviderError.
-
-        Closing this iterator early (a stop, a client that left) closes the upstream request.
+    async def deltas(self) -> AsyncIterator[Delta]:
+        """The new text as it arrives (`Delta.rewind` > 0 when a vendor rewrote its tail: the
+        text continues from the common prefix). Ends after the provider's finish; raises
+        ProviderError. Closing this iterator early (a stop, a client that left) closes the
+        upstream request.
         """
         client = self._client()
         try:
             async for item in client.stream(self.request):
                 if isinstance(item, Delta):
-                    if item.text:
-                        self._append(item.text)
-                        yield item.text
+                    if item.text or item.rewind:
+                        self._apply(item)
+                        yield item
                 elif isinstance(item, Finish):
                     self.finish = item
                     return
@@ -192,8 +196,8 @@ class Answer:
         text = self.text
         prompt, completion = outcome.prompt_tokens, outcome.completion_tokens
         if completion is None and (text or self.first_token is not None):
-            prompt = prompt if prompt is not None else estimate_tokens(prompt_chars(self.request))
-            completion = estimate_tokens(len(text))
+            prompt = prompt if prompt is not None else prompt_tokens(self.request)
+            completion = estimate_tokens(text)
         ended = time.monotonic()
         return replace(
             outcome, text=text, prompt_tokens=prompt, completion_tokens=completion,

@@ -26,6 +26,7 @@ from django.utils import timezone
 from conversations import events
 from conversations.answers.core import Answer, Outcome, outcome_fields, persist, record_usage
 from conversations.answers.history import request_for
+from conversations.errors import ServiceError
 from conversations.models import Message, MessageStatus, UsageRecord
 from conversations.rendering import render_markdown, render_markdown_cached, split_stable
 from conversations.runtime import off_loop
@@ -34,6 +35,7 @@ from providers.base import ChatRequest, ProviderError
 log = logging.getLogger(__name__)
 
 PERSIST_SECONDS = 1.0
+_NONE = 2**62  # "no rewrite pending"
 HEARTBEAT_SECONDS = 10.0
 NOT_PREPARED = "This answer could not be prepared. Retry."
 
@@ -57,6 +59,7 @@ def is_running_here(message_id: uuid.UUID) -> bool:
 class Job:
     message: Message
     request: ChatRequest
+    sources: tuple[uuid.UUID, ...] = ()  # the stored message of each of request.messages
 
 
 @dataclass
@@ -81,15 +84,22 @@ def _claim(message_id: uuid.UUID) -> Job | NotPrepared | None:
     message = Message.objects.select_related(
         "conversation", "model", "model__provider").get(pk=message_id)
     try:
-        return Job(message=message, request=request_for(message))
+        shaped = request_for(message)
+    except ServiceError as exc:  # a rule of the model refuses this history (image, context)
+        saved = _save_final(message_id, Outcome(
+            status=MessageStatus.FAILED, error_code=exc.code, error_message=exc.message))
     except Exception as exc:
         log.error("could not prepare answer %s: %s", message_id, type(exc).__name__,
                   exc_info=True)
         saved = _save_final(message_id, Outcome(
             status=MessageStatus.FAILED, error_code="internal", error_message=NOT_PREPARED))
-        if saved is None:
-            return None
-        return NotPrepared(saved.conversation_id, events.final_state_of(saved))
+    else:
+        if shaped.dropped:
+            Message.objects.filter(pk=message_id).update(context_dropped=shaped.dropped)
+        return Job(message=message, request=shaped.request, sources=shaped.sources)
+    if saved is None:
+        return None
+    return NotPrepared(saved.conversation_id, events.final_state_of(saved))
 
 
 async def run_generation(message_id: uuid.UUID | str) -> None:
@@ -131,6 +141,7 @@ class Generation:
         self.lock = asyncio.Lock()
         self.stop_requested = False
         self.stream_task: asyncio.Task[None] | None = None
+        self.rewound_to = _NONE  # the lowest common prefix since the last flush, if any
 
     @property
     def text(self) -> str:
@@ -161,6 +172,7 @@ class Generation:
             outcome = self.answer.stopped()
         except ProviderError as exc:
             outcome = self.answer.failed(exc)
+            await self._leave_out_flagged(exc)
         except Exception as exc:
             log.error("generation %s failed: %s", self.message_id, type(exc).__name__,
                       exc_info=True)
@@ -168,8 +180,20 @@ class Generation:
         await self._end(outcome, helpers, layer, control)
 
     async def _stream(self) -> None:
-        async for _piece in self.answer.deltas():
+        async for delta in self.answer.deltas():
+            if delta.rewind:
+                # The vendor rewrote its tail: what was published past the common prefix is
+                # sent again from there (the page replaces from an offset, docs/protocol.md).
+                self.rewound_to = min(self.rewound_to, self.answer.length - len(delta.text))
             await self._maybe_flush()
+
+    async def _leave_out_flagged(self, exc: ProviderError) -> None:
+        """Turns a vendor's moderation flagged are left out of this branch from now on."""
+        flagged = exc.details.get("flagged_messages") or []
+        ids = [self.job.sources[i] for i in flagged
+               if isinstance(i, int) and 0 <= i < len(self.job.sources)]
+        if ids:
+            await off_loop(_exclude)(ids)
 
     # --- publishing ---------------------------------------------------------------------
     async def _maybe_flush(self) -> None:
@@ -197,6 +221,18 @@ class Generation:
                 return
             # From here on, `text` is what this flush publishes; later deltas wait for the next.
             text = self.text  # a snapshot: deltas may arrive while we await the publish
+            if self.rewound_to < self.sent and (len(text) > self.sent or final):
+                # Published past the vendor's rewrite: go back to the common prefix. (Held
+                # until the text outgrows what was published, so the page's "already have
+                # it" rule cannot skip it; the final fragment replaces it in any case.)
+                self.sent = self.rewound_to
+                self.sent_u16 = events.u16_len(text[:self.sent])
+                if self.stable > self.sent:  # rendered blocks are final on the page
+                    log.info("answer %s rewrote text inside a rendered block", self.message_id)
+                    self.stable = self.sent
+                    self.stable_u16 = self.sent_u16
+            if self.rewound_to < _NONE and self.sent <= self.rewound_to:
+                self.rewound_to = _NONE
             if len(text) > self.sent:
                 piece, offset = text[self.sent:], self.sent_u16
                 self.sent = len(text)
@@ -302,6 +338,10 @@ def _save_partial(message_id: uuid.UUID, text: str) -> bool:
     if saved:
         return False
     return Message.objects.filter(pk=message_id, stop_requested=True).exists()
+
+
+def _exclude(ids: list[uuid.UUID]) -> None:
+    Message.objects.filter(pk__in=ids).update(context_excluded=True)
 
 
 def _save_final(message_id: uuid.UUID, outcome: Outcome) -> Message | None:

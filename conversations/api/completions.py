@@ -24,7 +24,7 @@ from conversations.answers.core import Answer, Outcome, persist, record_usage
 from conversations.api.errors import internal, provider_error
 from conversations.api.prepare import Prepared
 from conversations.models import Attachment
-from providers.base import ProviderError
+from providers.base import Delta, ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Completion:
         self.slug = prepared.model.slug
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
-        self.deltas: AsyncIterator[str] | None = None
+        self.deltas: AsyncIterator[Delta] | None = None
         self.ended = False
 
     async def open(self) -> str | None:
@@ -67,12 +67,19 @@ class Completion:
         return await self.next()
 
     async def next(self) -> str | None:
-        """The next piece of text; None once the provider finished."""
+        """The next piece of text; None once the provider finished.
+
+        A client of this API cannot take text back: when a vendor rewrites its tail (DashScope's
+        cumulative text), only what extends the common prefix is sent.
+        """
         assert self.deltas is not None
-        try:
-            return await anext(self.deltas)
-        except StopAsyncIteration:
-            return None
+        while True:
+            try:
+                delta = await anext(self.deltas)
+            except StopAsyncIteration:
+                return None
+            if delta.text:
+                return delta.text
 
     async def end(self, outcome: Outcome) -> None:
         """Close the upstream (a client that left cancels it) and write the ledger. Once."""

@@ -12,8 +12,9 @@ from typing import Any
 
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from conversations.answers.history import merge_params
-from conversations.api.errors import ApiError, bad, limit_error, service_error
+from conversations.answers.budget import Fitted, check_prompt, fit
+from conversations.answers.history import Turn, merge_params, one_image
+from conversations.api.errors import ApiError, bad, service_error
 from conversations.api.requests import (
     IGNORABLE,
     MAX_IMAGES_PER_REQUEST,
@@ -27,9 +28,7 @@ from conversations.images import attachments
 from conversations.images.rules import check_image_counts
 from conversations.models import Attachment, UsageRecord
 from conversations.usage import accounting
-from conversations.usage.accounting import LimitExceeded
 from providers.base import ChatRequest, ProviderError, Role
-from providers.base import Message as WireMessage
 from providers.models import ModelConfig
 
 
@@ -52,6 +51,7 @@ class Prepared:
     record_id: int
     attachment_ids: list[uuid.UUID]
     prompt_chars: int
+    dropped: int = 0  # earlier messages the context budget left out
 
 
 def model_params(model: ModelConfig, options: dict[str, Any]) -> dict[str, Any]:
@@ -66,6 +66,10 @@ def model_params(model: ModelConfig, options: dict[str, Any]) -> dict[str, Any]:
                 raise bad("unsupported_parameter",
                           f"'{name}' = {json.dumps(value)[:60]} is not supported here.", name)
             continue
+        if name == "user" and "user_id" not in specs:
+            if not isinstance(value, str):
+                raise bad("invalid_type", "'user' must be a string.", name)
+            continue  # OpenAI's `user`: passed on where the vendor has a place for it
         ours = OPENAI_PARAMS.get(name) or (name if name in NATIVE_PARAMS else None)
         if ours is None:
             raise bad("unrecognized_parameter",
@@ -104,28 +108,40 @@ def check_images(model: ModelConfig, spec: Spec) -> None:
                   "messages")
 
 
-def _store_images(user: Any, model: ModelConfig, spec: Spec
-                  ) -> tuple[list[WireMessage], list[uuid.UUID]]:
-    """Every image through the one validator; nothing stays stored when one is refused."""
+def _store_images(user: Any, spec: Spec) -> list[list[Attachment]]:
+    """Every image through the one validator (stored until the call ends); nothing stays
+    stored when one is refused. The images of each message, in order."""
     stored: list[Attachment] = []
-    wire: list[WireMessage] = []
+    per_message: list[list[Attachment]] = []
     try:
         for message in spec.messages:
-            parts = []
+            own = []
             for data, mime in message.images:
                 upload = SimpleUploadedFile("api-image", data, content_type=mime)
                 attachment = attachments.attachment_create(user, upload)
                 stored.append(attachment)
-                parts.append(attachments.image_part(attachment, model))
-            role: Role = "user" if message.role == "user" else "assistant"
-            wire.append(WireMessage(role=role, text=message.text, images=tuple(parts)))
+                own.append(attachment)
+            per_message.append(own)
     except attachments.UploadRefused as exc:
         Attachment.objects.filter(pk__in=[a.pk for a in stored]).delete()
         raise bad("invalid_image", exc.message, "messages") from None
     except BaseException:
         Attachment.objects.filter(pk__in=[a.pk for a in stored]).delete()
         raise
-    return wire, [a.pk for a in stored]
+    return per_message
+
+
+def _shape(model: ModelConfig, spec: Spec, images: list[list[Attachment]],
+           params: dict[str, Any]) -> Fitted:
+    """The answer core's rules for what a model is sent: one image, the context budget."""
+    turns: list[Turn] = []
+    for message, own in zip(spec.messages, images, strict=True):
+        role: Role = "user" if message.role == "user" else "assistant"
+        turns.append((role, message.text, own))
+    try:
+        return fit(model, spec.system, one_image(model, turns), params)
+    except ServiceError as exc:
+        raise service_error(exc) from None
 
 
 def prepare(user: Any, spec: Spec) -> Prepared:
@@ -135,11 +151,18 @@ def prepare(user: Any, spec: Spec) -> Prepared:
     params = model_params(model, spec.options)
     try:
         accounting.check_limits(user, prompt_chars=spec.prompt_chars)
-    except LimitExceeded as exc:
-        raise limit_error(exc) from None
-    wire, attachment_ids = _store_images(user, model, spec)
-    request = ChatRequest(model=model.model_id, messages=tuple(wire), system=spec.system,
-                          params=params)
+        check_prompt(model, spec.system, spec.messages[-1].text)
+    except ServiceError as exc:
+        raise service_error(exc) from None
+    images = _store_images(user, spec)
+    stored = [a.pk for own in images for a in own]
+    try:
+        fitted = _shape(model, spec, images, params)
+    except BaseException:
+        Attachment.objects.filter(pk__in=stored).delete()
+        raise
+    request = ChatRequest(model=model.model_id, messages=fitted.messages, system=spec.system,
+                          params=fitted.params)
     record = accounting.record_start(user, model, source=UsageRecord.Source.API)
-    return Prepared(model=model, request=request, record_id=record.pk,
-                    attachment_ids=attachment_ids, prompt_chars=spec.prompt_chars)
+    return Prepared(model=model, request=request, record_id=record.pk, attachment_ids=stored,
+                    prompt_chars=spec.prompt_chars, dropped=fitted.dropped)

@@ -28,6 +28,7 @@ OPENAI_PARAMS = {
     "top_p": "top_p",
     "max_tokens": "max_tokens",
     "max_completion_tokens": "max_tokens",
+    "user": "user_id",  # Qianfan's user_id; ignored for the models without one
     "seed": "seed",
     "stop": "stop",
     "presence_penalty": "presence_penalty",
@@ -44,7 +45,6 @@ NEUTRAL_VALUES: dict[str, Callable[[Any], bool]] = {
 }
 # Other OpenAI fields: accepted only with a value that asks for nothing we do not do.
 IGNORABLE: dict[str, Callable[[Any], bool]] = {
-    "user": lambda v: isinstance(v, str),
     "metadata": lambda v: isinstance(v, dict),
     "store": lambda v: v is False,
     "service_tier": lambda v: isinstance(v, str),

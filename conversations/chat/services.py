@@ -17,6 +17,7 @@ from django.utils.translation import gettext as _
 
 from conversations import events
 from conversations.answers import jobs
+from conversations.answers.budget import check_prompt
 from conversations.errors import ServiceError
 from conversations.images.attachments import attach
 from conversations.models import ACTIVE_STATUSES, Conversation, Message, MessageStatus
@@ -113,6 +114,7 @@ def message_post(user: Any, conversation: Conversation, *, text: str, client_id:
     text = text.strip() if attachment_ids and not text.strip() else _validate_text(text)
     model = _check_model(user, conversation.model)
     warnings = _check_limits(user, conversation, len(text))
+    check_prompt(model, conversation.system_prompt, text)
     try:
         with transaction.atomic():
             locked = Conversation.objects.select_for_update().get(pk=conversation.pk)

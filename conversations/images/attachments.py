@@ -23,6 +23,7 @@ from conversations.errors import ServiceError
 from conversations.images import validator
 from conversations.images.rules import check_image_counts
 from conversations.models import Attachment, Message
+from conversations.tree import path_up_ids
 from providers.base import ImagePart
 from providers.models import ModelConfig
 
@@ -55,11 +56,28 @@ def attachment_create(user: Any, upload: UploadedFile) -> Attachment:
         display_name=validator.display_name(upload.name or ""))
 
 
+def images_in_branch(conversation_id: uuid.UUID, tip: uuid.UUID | None) -> tuple[bool, bool]:
+    """(an image a model can still be sent, an image no longer stored) in the branch ending at
+    `tip`."""
+    if tip is None:
+        return False, False
+    ids = [mid for mid, _parent in path_up_ids(conversation_id, tip)]
+    states = set(Attachment.objects.filter(message_id__in=ids).values_list("expired", flat=True))
+    return False in states, True in states
+
+
+def stored_image_in_branch(conversation_id: uuid.UUID, tip: uuid.UUID | None) -> bool:
+    """Does the branch ending at `tip` still hold an image a model can be sent?"""
+    return images_in_branch(conversation_id, tip)[0]
+
+
 def attach(user: Any, message: Message, attachment_ids: Iterable[uuid.UUID],
            model: ModelConfig) -> list[Attachment]:
     """Attach the user's own, not yet sent uploads to a new prompt (inside its transaction)."""
     ids = list(dict.fromkeys(attachment_ids))
-    check_image_counts(model, [len(ids)])
+    stored, expired = (images_in_branch(message.conversation_id, message.parent_id)
+                       if model.requires_image and not ids else (False, False))
+    check_image_counts(model, [len(ids)], earlier_image=stored, expired_image=expired)
     rows = list(Attachment.objects.select_for_update().filter(
         pk__in=ids, owner=user, message__isnull=True, expired=False))
     if len(rows) != len(ids):
@@ -118,30 +136,27 @@ def image_part(attachment: Attachment, model: ModelConfig) -> ImagePart:
                      url=signed_url(attachment, model.max_image_side))
 
 
-def image_parts_for(message: Message, model: ModelConfig) -> tuple[ImagePart, ...]:
-    """The images of one user message, fitted to this model (none for text models).
+def fitted_part(attachment: Attachment, model: ModelConfig) -> ImagePart | None:
+    """The stored image fitted to this model, or None when it cannot be sent any more.
 
     An image whose stored file is gone (a restore without media, a lost disk) is marked expired
     and left out, like one past retention: the thread then says "image expired" instead of
     showing a broken image, and the answer is still written. Raising here would leave the
     answer claimed but never run (this is called while the runner claims the job).
     """
-    if not model.vision:
-        return ()
-    parts = []
-    for attachment in message.attachments.filter(expired=False).order_by("created_at"):
-        if not attachment.file:
-            _mark_lost(attachment)
-            continue
-        try:
-            parts.append(image_part(attachment, model))
-        except FileNotFoundError:
-            _mark_lost(attachment)
-        except validator.ImageRejected:
-            # Only when no size down to 1x1 meets the model's byte limit: a misconfigured
-            # model. Leaving the image out beats an answer that never ends.
-            log.warning("image %s cannot be fitted to %s; left out", attachment.pk, model.slug)
-    return tuple(parts)
+    if attachment.expired:
+        return None
+    if not attachment.file:
+        _mark_lost(attachment)
+        return None
+    try:
+        return image_part(attachment, model)
+    except FileNotFoundError:
+        _mark_lost(attachment)
+    except validator.ImageRejected:
+        # Only when no size down to 1x1 meets the model's byte limit: a misconfigured model.
+        log.warning("image %s cannot be fitted to %s; left out", attachment.pk, model.slug)
+    return None
 
 
 def _mark_lost(attachment: Attachment) -> None:

@@ -26,6 +26,7 @@ from conversations.access import (
 )
 from conversations.chat import selectors, services
 from conversations.errors import ServiceError
+from conversations.images.attachments import stored_image_in_branch
 from conversations.models import Conversation, Message
 from conversations.sharing import links
 from conversations.web.forms import ConversationSettingsForm, NewConversationForm, param_fields
@@ -111,8 +112,12 @@ def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
         audit.record("admin.opened_conversation", actor=request.user, request=request,
                      target=f"conversation {conversation.pk}",
                      details={"owner": conversation.owner.get_username()})
+    # The composer asks for an image only when the model needs one and none is stored yet.
+    needs_image = conversation.model.requires_image and not stored_image_in_branch(
+        conversation.pk, conversation.active_leaf_id)
     context = {**_list_context(request, conversation), "conversation": conversation,
                "thread": selectors.thread(conversation), "access": access,
+               "needs_image": needs_image,
                "can_continue": access >= Access.CONTINUE, "can_manage": access >= Access.MANAGE}
     return render(request, "conversations/conversation.html", context)
 

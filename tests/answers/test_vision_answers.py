@@ -232,7 +232,8 @@ def test_dashscope_refuses_a_prompt_without_an_image_before_any_provider_call(
     conversation = chat(owner, DASHSCOPE_VISION)
     error = refusal(post_message(signed_in(owner), conversation, "Describe nothing"))
     assert error["code"] == "image_required"
-    assert error["message"] == "Llama 3.2 90B Vision Instruct needs an image in every message."
+    assert error["message"] == ("Llama 3.2 90B Vision Instruct needs an image in the "
+                                "conversation: attach one to your message.")
     assert Message.objects.count() == 0 and vision.requests == []
 
 

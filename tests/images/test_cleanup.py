@@ -22,12 +22,13 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from conversations.chat import services
+from conversations.errors import ServiceError
 from conversations.images import tasks
 from conversations.images.attachments import cleanup
 from conversations.models import Attachment, Conversation, Message, MessageStatus
 from tests.conftest import ROOT, child_env
 from tests.images import image_corpus as corpus
-from tests.support import model, queue_answer, signed_in, wait_final
+from tests.support import model, queue_answer, signed_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -238,21 +239,22 @@ def test_two_cleanups_running_at_once_remove_everything_once_and_nothing_else(
         assert signed_in(owner).get(f"/images/{attachment.pk}/").status_code == 200
 
 
-def test_a_dashscope_chat_whose_image_expired_fails_the_next_answer_cleanly(
-    emulated: Any, owner: Any, media: Path, settings: Any, celery_worker_process: Any
+def test_a_dashscope_chat_whose_only_image_expired_asks_for_an_image_again(
+    emulated: Any, owner: Any, media: Path, settings: Any
 ) -> None:
-    """Every DashScope user turn needs its image; once one expired the model cannot be asked
-    again about that history. The answer fails with the rule spelled out, without a call."""
+    """DashScope's Llama needs one image in the request. Once the conversation's only image
+    expired, a text-only follow-up is refused before anything is stored or called, saying to
+    attach an image again; with a new image the conversation goes on."""
     conversation = services.conversation_create(owner, model=model("llama-3.2-90b-vision"))
     first = upload(owner)
     send(owner, conversation, first)
     age(first, 40 * 24 * HOUR, media)
     settings.IMAGE_RETENTION_DAYS = 30
     assert cleanup().expired == 1
-    follow_up = upload(owner)
-    result = services.message_post(owner, conversation, text="And now?",
-                                   client_id=uuid.uuid4(), attachment_ids=[follow_up.pk])
-    answer = wait_final(result.assistant_message.pk)  # the service started it on commit
-    assert answer.status == MessageStatus.FAILED
-    assert "needs an image in every user message" in answer.error_message
+    messages_before = Message.objects.count()
+    with pytest.raises(ServiceError) as refused:
+        services.message_post(owner, conversation, text="And now?", client_id=uuid.uuid4())
+    assert refused.value.code == "image_required"
+    assert "attach an image again" in refused.value.message
+    assert Message.objects.count() == messages_before
     assert emulated.requests == []

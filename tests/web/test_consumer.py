@@ -234,7 +234,7 @@ async def test_a_slow_client_cannot_make_the_server_buffer_without_bound(
     emulated: Any, owner: Any
 ) -> None:
     conversation = await database_sync_to_async(lambda: services.conversation_create(
-        owner, model=model(), params={"max_tokens": 200_000}))()
+        owner, model=model(), params={"max_tokens": 120_000}))()
     conversation, answer = await _start(owner, "Huge [[emu:tokens n=95000]]", conversation)
     socket = await _socket(owner, conversation)
     assert (await socket.connect())[0]

@@ -59,6 +59,8 @@ class Completion:
         self.created = int(time.time())
         self.deltas: AsyncIterator[Delta] | None = None
         self.ended = False
+        self.shown: list[str] = []  # what the client was sent
+        self.diverged = False  # the vendor rewrote text the client already has
 
     async def open(self) -> str | None:
         """Connect and wait for the first text: errors before any output are raised here.
@@ -69,8 +71,10 @@ class Completion:
     async def next(self) -> str | None:
         """The next piece of text; None once the provider finished.
 
-        A client of this API cannot take text back: when a vendor rewrites its tail (DashScope's
-        cumulative text), only what extends the common prefix is sent.
+        A client of this API cannot take text back. When a vendor rewrites its tail (DashScope's
+        cumulative text), what the client holds is compared with the vendor's text: new text is
+        sent once the vendor's is longer, from where the two agree, so nothing is lost or sent
+        twice (at most a rewritten character stays with the client).
         """
         assert self.deltas is not None
         while True:
@@ -78,8 +82,27 @@ class Completion:
                 delta = await anext(self.deltas)
             except StopAsyncIteration:
                 return None
-            if delta.text:
-                return delta.text
+            if delta.rewind:
+                self.diverged = True
+            piece = self._catch_up() if self.diverged else delta.text
+            if piece:
+                self.shown.append(piece)
+                return piece
+
+    def _catch_up(self) -> str:
+        shown, text = "".join(self.shown), self.answer.text
+        self.shown = [shown]
+        if text.startswith(shown):
+            self.diverged = False
+            return text[len(shown):]
+        if len(text) <= len(shown):
+            return ""  # wait until the vendor's text outgrows what the client has
+        common = 0
+        for old, new in zip(shown, text, strict=False):
+            if old != new:
+                break
+            common += 1
+        return text[common:]
 
     async def end(self, outcome: Outcome) -> None:
         """Close the upstream (a client that left cancels it) and write the ledger. Once."""

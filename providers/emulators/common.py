@@ -16,7 +16,7 @@ from providers.emulators.stream import Reply
 Handled = tuple[Reply, Plan]
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: a test may flip a named switch on a running emulator
 class Options:
     credentials: Credentials
     dashscope_accept_data_uri: bool = False

@@ -357,6 +357,13 @@ def _frames(
             yield _after_frame(after, event_id + 1, request_id)
             return
         event_id += 1
+        if plan.rewrite_at is not None and index == plan.rewrite_at and text:
+            # The cumulative text, once, with its last character not yet whole: the next
+            # event carries the corrected text (what a client must not duplicate).
+            odd = _result(text[:-1] + "\ufffd", "null", input_tokens, index, request_id, plan)
+            lead = b"id:%d\nevent:result\n:HTTP_STATUS/200\ndata:" % event_id
+            yield json_frame(lead, odd, b"\n\n", stamp=stamp, paced=True, adds="")
+            event_id += 1
         text += token
         body = _result(text, "null", input_tokens, index + 1, request_id, plan)
         lead = b"id:%d\nevent:result\n:HTTP_STATUS/200\ndata:" % event_id

@@ -31,7 +31,11 @@ FAULT_PARAMS: dict[str, frozenset[str]] = {
     "500-before": frozenset({"code", "message", "status"}),
     "auth-before": frozenset({"code", "message", "status"}),
     "error-after": frozenset({"n", "code", "message", "status"}),
-    "content-filter-after": frozenset({"n", "code", "message"}),
+    # ban_round (Qianfan): the flagged round, -1 (the current one) by default.
+    "content-filter-after": frozenset({"n", "code", "message", "ban_round"}),
+    # DashScope: at token n, one event whose cumulative text ends in a replacement character
+    # instead of that token, corrected by the next event (a rewritten tail).
+    "dashscope-rewrite": frozenset({"n"}),
     "dashscope-error-sse-as-json": frozenset({"code", "message", "status"}),
     "dashscope-200-error": frozenset({"code", "message", "status"}),
     "drop-after": frozenset({"n", "rst"}),
@@ -55,6 +59,7 @@ FAULT_PARAMS: dict[str, frozenset[str]] = {
 VENDOR_ONLY: dict[str, str] = {
     "dashscope-error-sse-as-json": "dashscope",
     "dashscope-200-error": "dashscope",
+    "dashscope-rewrite": "dashscope",
 }
 
 # Replace the whole answer with an error reply before any token is generated.
@@ -220,6 +225,7 @@ class Plan:
     utf8_split: bool = False
     gap: float = 0.0
     close_delimited: bool = False
+    rewrite_at: int | None = None  # DashScope: a rewritten tail at this token
     kinds: list[str] = field(default_factory=list)
 
     @classmethod
@@ -263,6 +269,8 @@ class Plan:
             self.stall_seconds = max(0.0, fault.number("seconds", 30.0))
         elif kind == "no-terminator":
             self.no_terminator = True
+        elif kind == "dashscope-rewrite":
+            self.rewrite_at = max(1, fault.integer("n", 3))
         elif kind == "huge-event":
             self.huge_bytes = int(fault.number("mb", 5) * 1024 * 1024)
         elif kind == "unknown-fields":

@@ -224,7 +224,7 @@ def _full(answer: Answer, plan: Plan, prompt_tokens: int) -> FullReply:
         "need_clear_history": filtered,
     }
     if filtered:
-        body["ban_round"] = -1
+        body["ban_round"] = after.integer("ban_round", -1) if after is not None else -1
     body["usage"] = _usage(prompt_tokens, 0 if filtered else len(answer.tokens))
     if plan.unknown_fields:
         body |= {"finish_reason": "normal", "flag": 0, "emu_unknown": {"nested": [1, "x"]}}
@@ -274,7 +274,7 @@ def _frames(answer: Answer, plan: Plan, prompt_tokens: int, stamp: bool) -> Iter
 
 def _after_frame(lead: bytes, fault: Fault, end_event: dict[str, Any]) -> Frame:
     if fault.kind == "content-filter-after":
-        end_event |= {"need_clear_history": True, "ban_round": -1}
+        end_event |= {"need_clear_history": True, "ban_round": fault.integer("ban_round", -1)}
         return Frame(lead + dumps(end_event) + b"\n\n", paced=True)
     code = fault.integer("code", 336000)
     line = dumps(error_body(code, fault.text("message", MESSAGES.get(code, "Unknown error"))))

@@ -25,6 +25,7 @@ from chatsite.celery import app
 from conversations.chat import services
 from conversations.images import attachments
 from conversations.models import ACTIVE_STATUSES, Attachment, Conversation, Message, MessageStatus
+from providers.emulators import Fault
 from providers.models import ModelConfig
 from tests.answers.test_celery_vision import QueueWorker
 from tests.conftest import ARTIFACTS, ServerProcess, child_env
@@ -376,3 +377,75 @@ def test_an_image_whose_file_was_lost_is_shown_expired_and_the_chat_goes_on(
     assert stored.expired and not stored.file
     assert client.get(f"/images/{image}/").status_code == 410
     assert "image expired" in client.get(f"/c/{conversation.pk}/").content.decode()
+
+
+# --------------------------------------------------------------------------- one image a request
+
+
+def test_a_dashscope_conversation_goes_on_for_30_turns_with_one_photo_at_the_start(
+    vision: Any, owner: Any, settings: Any
+) -> None:
+    """Seed 002: the request needs one image; follow-ups may be text only. Every request
+    carries exactly the first photo; the oldest turns give way to the 8,192-token context,
+    never the photo's turn or the latest prompt."""
+    settings.RATE_LIMIT_PER_MINUTE = 100
+    conversation = chat(owner, DASHSCOPE_VISION)
+    image = upload(owner, corpus.jpeg_with_every_leak())
+    client = signed_in(owner)
+    first = answer_of(post_message(client, conversation, "What is in this photo?",
+                                   attachments=[image]))
+    assert first.status == MessageStatus.COMPLETE, first.error_message
+    padding = " Tell me more about its colours, its place and its history, please." * 12
+    for turn in range(2, 31):
+        answer = answer_of(post_message(client, conversation, f"Question {turn}.{padding}"))
+        assert answer.status == MessageStatus.COMPLETE, (turn, answer.error_message)
+    calls = [c for c in model_calls(vision, "dashscope") if c.status == 200]
+    assert len(calls) == 30
+    for call in calls:
+        urls = dashscope_image_urls(call)
+        assert len(urls) == 1 and f"/i/{image}." in urls[0]  # the one photo, every time
+        sent = call.json["input"]["messages"]
+        assert sent[-1]["content"][-1]["text"].startswith(("Question", "What is in"))
+    last = calls[-1].json["input"]["messages"]
+    assert any("image" in part for part in last[0]["content"])  # the photo's turn was kept
+    assert answer.context_dropped > 0  # the budget cut the middle of the conversation
+
+
+def test_an_image_dashscope_cannot_download_tells_the_admin_about_site_url(
+    vision: Any, owner: Any
+) -> None:
+    vision.script("dashscope", Fault(
+        "500-before", code="InvalidParameter.DataInspection", status=400,
+        message="Download the media resource timed out during the data inspection process."),
+        times=None)
+    conversation = chat(owner, DASHSCOPE_VISION)
+    image = upload(owner, corpus.png_rgba())
+    answer = answer_of(post_message(signed_in(owner), conversation, "What is it?",
+                                    attachments=[image]))
+    assert answer.status == MessageStatus.FAILED and answer.error_code == "bad_request"
+    assert "SITE_URL" in answer.error_message
+    assert "content filter" not in answer.error_message  # not moderation
+    assert len(model_calls(vision, "dashscope")) == 1  # a client error is not retried
+
+
+def test_dashscopes_free_trial_running_out_says_so(vision: Any, owner: Any) -> None:
+    vision.script("dashscope", "free-tier-before", times=None)
+    conversation = chat(owner, DASHSCOPE_VISION)
+    image = upload(owner, corpus.png_rgba())
+    answer = answer_of(post_message(signed_in(owner), conversation, "What is it?",
+                                    attachments=[image]))
+    assert answer.status == MessageStatus.FAILED
+    assert answer.error_code == "quota_exhausted"
+    assert "free trial" in answer.error_message and "resets later" not in answer.error_message
+
+
+def test_a_rewritten_cumulative_tail_is_stored_as_the_vendor_ends_it(vision: Any,
+                                                                      owner: Any) -> None:
+    conversation = chat(owner, DASHSCOPE_VISION)
+    image = upload(owner, corpus.png_rgba())
+    answer = answer_of(post_message(signed_in(owner), conversation,
+                                    "Describe it [[emu:dashscope-rewrite n=4]]",
+                                    attachments=[image]))
+    assert answer.status == MessageStatus.COMPLETE, answer.error_message
+    [call] = [c for c in model_calls(vision, "dashscope") if c.status == 200]
+    assert answer.content == call.sent_text and "\ufffd" not in answer.content

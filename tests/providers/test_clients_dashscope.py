@@ -8,7 +8,7 @@ import pytest
 from providers.base import ChatRequest, ErrorKind, ImagePart, Message
 from providers.catalogue import DASHSCOPE_MODEL
 from providers.dashscope import IMAGE_REQUIRED, CumulativeText
-from providers.emulators import EmulatorServer
+from providers.emulators import EmulatorServer, Fault
 from providers.emulators.answer import build_answer
 from providers.emulators.faults import Plan
 from providers.registry import get_client
@@ -229,3 +229,25 @@ def test_a_server_that_sends_increments_after_all_is_appended() -> None:
     text, steps = _apply(["Hel", "lo", ", world"])
     assert text == "Hello, world"
     assert all(rewind == 0 for _delta, rewind in steps)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("code", "status", "kind", "words"), [
+    # The image could not be downloaded: not moderation; the admin must fix SITE_URL.
+    ("InvalidParameter.DataInspection", 400, ErrorKind.BAD_REQUEST, "SITE_URL"),
+    ("DataInspectionFailed", 400, ErrorKind.CONTENT_FILTERED, None),
+    # This model is free-trial only: its normal end state is a quota that never returns.
+    ("AllocationQuota.FreeTierOnly", 403, ErrorKind.QUOTA_EXHAUSTED, "free trial"),
+    ("AllocationQuota.FreeTierOnly", 400, ErrorKind.QUOTA_EXHAUSTED, "free trial"),
+])
+async def test_errors_are_read_as_the_vendor_sends_them(
+    code: str, status: int, kind: ErrorKind, words: str | None, emulator: EmulatorServer,
+    make_client: ClientFactory, run: Drain, image: ImagePart
+) -> None:
+    emulator.script("dashscope", Fault("500-before", code=code, status=status), times=None)
+    request = ChatRequest(DASHSCOPE_MODEL, (Message("user", "What is it?", (image,)),))
+    outcome = await run(make_client("dashscope"), request)
+    assert outcome.error is not None and outcome.error.kind is kind
+    if words:
+        assert outcome.error.hint and words in outcome.error.hint
+    assert len([r for r in emulator.requests if r.endpoint == "model"]) == 1  # not retried

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from providers.base import ChatRequest, ErrorKind, ImagePart, Message, ProviderError
@@ -287,3 +289,57 @@ async def test_a_token_error_inside_the_event_stream_refreshes_once_before_the_f
     assert outcome.text == "".join(build_answer("hi", Plan()).tokens)
     assert len(calls(emulator, "token")) == 2
     assert emulator.calls("qianfan") == 2
+
+
+@pytest.mark.asyncio
+async def test_max_tokens_is_enforced_while_reading_and_never_sent(
+    emulator: EmulatorServer, make_client: ClientFactory, run: Drain
+) -> None:
+    from providers.tokens import estimate_tokens
+
+    outcome = await run(make_client("qianfan"), ask("A long one [[emu:tokens n=300 rate=200]]",
+                                                    max_tokens=20))
+    assert outcome.error is None and outcome.finish is not None
+    assert outcome.finish.reason == "length"
+    assert 0 < estimate_tokens(outcome.text) <= 20
+    (call,) = calls(emulator, "model")
+    assert "max_tokens" not in call.json and "max_output_tokens" not in call.json
+    for _ in range(100):  # the emulator records how a stream ended once it notices
+        if calls(emulator, "model")[0].outcome != "pending":
+            break
+        await asyncio.sleep(0.02)
+    assert calls(emulator, "model")[0].outcome == "client-closed"  # closed at the cap
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("code", [336104, 336105, 336101, 336003])
+async def test_client_errors_are_bad_requests_and_are_not_retried(
+    code: int, emulator: EmulatorServer, make_client: ClientFactory, run: Drain
+) -> None:
+    emulator.script("qianfan", Fault("500-before", code=code), times=None)
+    outcome = await run(make_client("qianfan"), ask("Hi"))
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.BAD_REQUEST
+    assert len(calls(emulator, "model")) == 1
+
+
+@pytest.mark.asyncio
+async def test_an_earlier_flagged_round_names_the_turns_to_leave_out(
+    emulator: EmulatorServer, make_client: ClientFactory, run: Drain
+) -> None:
+    request = ChatRequest(model=QIANFAN_MODEL, messages=(
+        Message("user", "first"), Message("assistant", "answer"),
+        Message("user", "second [[emu:content-filter-after n=0 ban_round=0]]")))
+    outcome = await run(make_client("qianfan"), request)
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.CONTENT_FILTERED
+    assert outcome.error.details["flagged_messages"] == [0, 1]
+    assert outcome.error.hint and "earlier message" in outcome.error.hint
+
+
+@pytest.mark.asyncio
+async def test_the_current_turn_flagged_is_a_plain_content_filter(
+    emulator: EmulatorServer, make_client: ClientFactory, run: Drain
+) -> None:
+    outcome = await run(make_client("qianfan"),
+                        ask("Hi [[emu:content-filter-after n=0 ban_round=-1]]"))
+    assert outcome.error is not None and outcome.error.kind is ErrorKind.CONTENT_FILTERED
+    assert outcome.error.details["flagged_messages"] == [] and outcome.error.hint is None

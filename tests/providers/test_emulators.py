@@ -696,10 +696,61 @@ def test_dashscope_rejects_missing_and_wrong_keys(ds: EmulatorServer) -> None:
     assert wrong.json()["request_id"]
 
 
-def test_dashscope_requires_an_image_in_every_user_turn(ds: EmulatorServer) -> None:
+def test_dashscope_requires_an_image_in_the_request(ds: EmulatorServer) -> None:
     reply = ds_post(ds, ds_body("hi", image=None))
     assert reply.status_code == 400
     assert reply.json()["code"] == "InvalidParameter"
+
+
+def _turns(*images: str | None) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = []
+    for number, image in enumerate(images):
+        if messages:
+            messages.append({"role": "assistant", "content": [{"text": "ok"}]})
+        content: list[dict[str, str]] = [{"image": image}] if image else []
+        messages.append({"role": "user", "content": [*content, {"text": f"turn {number}"}]})
+    return {"model": DS_MODEL, "input": {"messages": messages}}
+
+
+def test_dashscope_takes_text_only_follow_ups_as_the_vendors_example_does(
+    ds: EmulatorServer,
+) -> None:
+    reply = ds_post(ds, _turns("data:image/png;base64,AAAA", None, None))
+    assert reply.status_code == 200, reply.text
+
+
+def test_dashscope_refuses_two_images_unless_the_switch_allows_them(ds: EmulatorServer) -> None:
+    two = _turns("data:image/png;base64,AAAA", "data:image/png;base64,AAAA")
+    refused = ds_post(ds, two)
+    assert refused.status_code == 400 and refused.json()["code"] == "InvalidParameter"
+    assert "one image" in refused.json()["message"]
+    ds.options.dashscope_multi_image = True  # the reading the FAQ argues against
+    try:
+        assert ds_post(ds, two).status_code == 200
+    finally:
+        ds.options.dashscope_multi_image = False
+
+
+def test_dashscope_refuses_input_beyond_its_8192_token_context(ds: EmulatorServer) -> None:
+    body = ds_body("word " * 7000)  # ~8,750 tokens by the emulator's count, with the image
+    refused = ds_post(ds, body)
+    assert refused.status_code == 400 and refused.json()["code"] == "InvalidParameter"
+    assert "input length" in refused.json()["message"]
+    # The output asked for counts too: a short prompt and its image (1,280) fit with 6,000
+    # new tokens, not with 7,000.
+    short = ds_body("hi")
+    short["parameters"] = {"max_new_tokens": 6000}
+    assert ds_post(ds, short).status_code == 200
+    short["parameters"] = {"max_new_tokens": 7000}
+    assert ds_post(ds, short).status_code == 400
+
+
+def test_dashscope_free_tier_exhausted_is_its_own_code(ds: EmulatorServer) -> None:
+    ds.script("dashscope", "free-tier-before")
+    reply = ds_post(ds, ds_body("hi"))
+    assert reply.status_code == 403
+    assert reply.json()["code"] == "AllocationQuota.FreeTierOnly"
+    assert "free tier" in reply.json()["message"]
 
 
 def test_dashscope_requires_messages_inside_input(ds: EmulatorServer) -> None:

@@ -145,7 +145,8 @@ def test_pick_paste_and_drop_images_and_get_streamed_answers(chat: Any, emulated
         page.fill("#composer-text", f"And this {kind}? [[emu:tokens n=12]]")
         page.keyboard.press("Enter")
         answer = wait_answer(page, count)
-        assert "Echo: User: What is in the picture?" in answer.inner_text()
+        # Only the newest image is sent; earlier image turns keep their text, marked.
+        assert "Echo: User: [image] What is in the picture?" in answer.inner_text()
         # Cloudflare's vision call takes the history as one transcript; the new turn ends it.
         last = emulated.requests[-1]
         assert last.json["prompt"].endswith(f"User: And this {kind}? [[emu:tokens n=12]]")

@@ -237,3 +237,32 @@ def test_providers_check_with_no_enabled_model_says_so() -> None:
     output, error = check()
     assert error is None
     assert "no enabled model" in output
+
+
+def test_providers_check_probe_asks_the_open_questions_and_prints_the_answers(
+        emulator: EmulatorServer, probe_site: list[str]) -> None:
+    point_at_emulator(emulator)
+    out = io.StringIO()
+    call_command("providers_check", "--probe", stdout=out)
+    output = out.getvalue()
+    lines = output.splitlines()[2:]
+    assert len(lines) == 5, output
+    by_question = {line[12:66].strip(): line for line in lines}
+    # The emulators' default readings (their named switches hold the other ones).
+    two_images = by_question["two images in one request"]
+    assert " 400 " in two_images and "InvalidParameter" in two_images
+    assert "InvalidParameter" in by_question["an image as a data: URI"]
+    assert "accepted" in by_question["a `system` field"]
+    assert "336003" in by_question["`max_output_tokens` (not documented for this model)"]
+    assert by_question["`messages` with a top-level `image` (vision model)"].startswith(
+        "cloudflare")
+    for secret in emulator_secrets(emulator):
+        assert secret not in output
+
+
+def test_providers_check_probe_without_any_key_says_so(db: None) -> None:
+    for provider in Provider.objects.all():
+        provider.set_credentials({})
+        provider.save()
+    with pytest.raises(CommandError, match="no provider has credentials"):
+        call_command("providers_check", "--probe", stdout=io.StringIO())

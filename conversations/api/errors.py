@@ -73,14 +73,14 @@ def limit_error(exc: LimitExceeded) -> ApiError:
 
 def provider_error(exc: ProviderError) -> ApiError:
     """The provider failed before any output. Our own key problems are never a 401 here."""
-    message = failure_message(exc) if exc.kind != ErrorKind.BAD_REQUEST else exc.message
+    message = failure_message(exc)  # the same words the web page shows
     retry = math.ceil(exc.retry_after) if exc.retry_after else None
     if exc.kind == ErrorKind.RATE_LIMITED:
         return ApiError(429, "upstream_rate_limited", message, retry_after=retry)
     if exc.kind == ErrorKind.QUOTA_EXHAUSTED:
         return ApiError(429, "upstream_quota_exhausted", message, kind="insufficient_quota")
     if exc.kind == ErrorKind.BAD_REQUEST:
-        return ApiError(400, "upstream_bad_request", exc.message)
+        return ApiError(400, "upstream_bad_request", message)
     if exc.kind == ErrorKind.CONTENT_FILTERED:
         return ApiError(400, "content_filter", message)
     if exc.kind == ErrorKind.AUTH:

@@ -294,3 +294,51 @@ def test_a_request_the_budget_shapes_keeps_its_client_id_idempotent(emulated: An
     again = post_message(signed_in(owner), conversation, "Hi", client_id=client_id)
     assert first.status_code == 201 and again.status_code == 200
     assert len(model_calls(emulated, "cloudflare")) == 1
+
+
+def _image_content(text: str) -> list[dict[str, Any]]:
+    image = base64.b64encode(corpus.encode(corpus.noise((64, 64)), "PNG")).decode()
+    return [{"type": "text", "text": text},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}}]
+
+
+@pytest.mark.parametrize(("slug", "vendor", "fault", "status", "code", "words"), [
+    ("llama-3.2-90b-vision", "dashscope",
+     Fault("500-before", code="InvalidParameter.DataInspection", status=400), 400,
+     "upstream_bad_request", "SITE_URL"),
+    ("llama-3.2-90b-vision", "dashscope", Fault("free-tier-before"), 429,
+     "upstream_quota_exhausted", "free trial"),
+    ("llama-3-70b", "qianfan", Fault("500-before", code=336105), 400, "upstream_bad_request",
+     "336105"),
+])
+def test_v1_reads_vendor_errors_as_the_vendors_send_them(
+    emulated: Any, owner: Any, api_server: Any, make_token: Any, slug: str, vendor: str,
+    fault: Fault, status: int, code: str, words: str
+) -> None:
+    emulated.script(vendor, fault, times=None)
+    client = openai_client(api_server, make_token(owner))
+    content: Any = _image_content("What is it?") if vendor == "dashscope" else "Hi"
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model=slug, messages=[{"role": "user", "content": content}])
+    assert caught.value.status_code == status
+    error = caught.value.body
+    assert isinstance(error, dict) and error["code"] == code and words in error["message"]
+    # Not retried (a retry policy would make 3 attempts). The API server's process may hold a
+    # Qianfan token from before the emulator's reset: one refusal and refresh may come first.
+    assert len(model_calls(emulated, vendor)) <= (2 if vendor == "qianfan" else 1)
+
+
+def test_v1_says_the_cloudflare_account_id_is_wrong_without_showing_it(
+    emulated: Any, owner: Any, api_server: Any, make_token: Any
+) -> None:
+    provider = Provider.objects.get(kind="cloudflare")
+    provider.set_credentials({**provider.get_credentials(), "account_id": "e" * 32})
+    provider.save()
+    client = openai_client(api_server, make_token(owner))
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model="llama-3.2-3b",
+                                       messages=[{"role": "user", "content": "Hi"}])
+    assert caught.value.status_code == 502
+    error = caught.value.body
+    assert isinstance(error, dict) and error["code"] == "upstream_auth"
+    assert "account id" in error["message"] and "e" * 32 not in error["message"]

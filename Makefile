@@ -36,7 +36,7 @@ run: install migrate assets
 	$(PY) manage.py sync_providers
 	@echo "Llama Chat on http://$(HOST):$(PORT)/"
 	SITE_URL=$${SITE_URL:-http://$(HOST):$(PORT)} \
-	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) --proxy-headers chatsite.asgi:application
+	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
 
 # The app on the local provider emulators: every model answers without real keys.
 EMULATOR_ENV := CLOUDFLARE_BASE_URL=http://127.0.0.1:9100/client/v4 \
@@ -49,7 +49,7 @@ demo: install migrate assets
 	@trap 'kill $$(cat var/emulators.pid) 2>/dev/null' EXIT INT TERM; \
 	$(EMULATOR_ENV) $(PY) manage.py sync_providers && \
 	echo "Llama Chat on the emulators: http://$(HOST):$(PORT)/" && \
-	$(EMULATOR_ENV) SITE_URL=$${SITE_URL:-http://$(HOST):$(PORT)} $(VENV)/bin/daphne -b $(HOST) -p $(PORT) --proxy-headers chatsite.asgi:application
+	$(EMULATOR_ENV) SITE_URL=$${SITE_URL:-http://$(HOST):$(PORT)} $(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
 
 test: install-dev
 	$(PY) manage.py compile_translations

@@ -443,6 +443,8 @@ class Stack:
         env.update(EMULATOR_ENV)
         env.update({
             "VAR_DIR": str(self.cfg.var_dir), "DATABASE_URL": f"sqlite:///{self.db_path}",
+            # The app's own origin: websockets are accepted from SITE_URL's origin only.
+            "SITE_URL": self.app_url,
             "DEBUG": "0", "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
             "STREAM_COALESCE_MS": str(self.cfg.window_ms),
             # Per-user limits stay out of the way (each user has one stream at a time, but a

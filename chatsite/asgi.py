@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from django.core.asgi import get_asgi_application
 
@@ -12,16 +13,27 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from channels.security.websocket import OriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
-from conversations.answers.jobs import CaptureLoopMiddleware  # noqa: E402
+from conversations.answers.jobs import (  # noqa: E402
+    CaptureLoopMiddleware,
+    start_reaper_thread,
+)
 from conversations.web.routing import websocket_urlpatterns  # noqa: E402
 
 application = CaptureLoopMiddleware(ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        # Scheme, host and port of the Origin against our own origins (threat T19).
+        "websocket": OriginValidator(
+            AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+            settings.WEBSOCKET_ALLOWED_ORIGINS,
         ),
     }
 ))
+
+# Answers a dead process left behind are found from the start, not at the first visit: in a
+# daphne server process (its command line module is loaded), not wherever this is imported.
+if "daphne.cli" in sys.modules:
+    start_reaper_thread()

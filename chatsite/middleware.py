@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from ipaddress import (
+    IPv4Address,
+    IPv4Network,
+    IPv6Address,
+    IPv6Network,
+    ip_address,
+    ip_network,
+)
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 
@@ -62,6 +71,49 @@ class _SyncAndAsync:
 
     def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         return response
+
+
+def _networks(values: list[str]) -> list[IPv4Network | IPv6Network]:
+    return [ip_network(value.strip(), strict=False) for value in values if value.strip()]
+
+
+def _address(value: str) -> IPv4Address | IPv6Address | None:
+    try:
+        return ip_address(value.strip().strip("[]"))
+    except ValueError:
+        return None
+
+
+class ClientAddressMiddleware(_SyncAndAsync):
+    """REMOTE_ADDR is the socket's peer; a forwarded address counts only from a trusted proxy.
+
+    daphne runs without --proxy-headers, so anyone who reaches it directly cannot choose their
+    own address (the login lockout is per address, threat T21). When the peer is one of
+    TRUSTED_PROXIES, the client is the right-most X-Forwarded-For entry that is not itself a
+    trusted proxy (proxies append; only the part our own proxies added can be believed).
+    """
+
+    def __init__(self, get_response: Any) -> None:
+        super().__init__(get_response)
+        self.trusted = _networks(settings.TRUSTED_PROXIES)
+
+    def _is_trusted(self, value: str) -> bool:
+        address = _address(value)
+        return address is not None and any(address in net for net in self.trusted)
+
+    def before(self, request: HttpRequest) -> HttpResponse | None:
+        peer = request.META.get("REMOTE_ADDR", "")
+        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+        if not (self.trusted and forwarded and self._is_trusted(peer)):
+            return None
+        for hop in reversed(forwarded.split(",")):
+            if not self._is_trusted(hop):
+                client = _address(hop)
+                if client is not None:
+                    request.META["REMOTE_ADDR"] = str(client)
+                    request.META["PROXY_ADDR"] = peer
+                return None
+        return None
 
 
 class ContentSecurityPolicyMiddleware(_SyncAndAsync):

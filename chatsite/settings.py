@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -73,6 +74,23 @@ for _origin in CSRF_TRUSTED_ORIGINS:
     if "://" not in _origin:
         raise ImproperlyConfigured("CSRF_TRUSTED_ORIGINS entries need a scheme (https://host).")
 
+
+def _origin_of(url: str, host: str | None = None) -> str:
+    parts = urlsplit(url)
+    name = host or parts.hostname or ""
+    name = f"[{name}]" if ":" in name else name
+    return f"{parts.scheme}://{name}" + (f":{parts.port}" if parts.port else "")
+
+
+# Websockets (threat T19): the browser's Origin must be our own, scheme, host and port alike:
+# SITE_URL's origin and CSRF_TRUSTED_ORIGINS. Outside production a loopback SITE_URL also
+# allows its other loopback names (the same scheme and port): 127.0.0.1, localhost, [::1].
+WEBSOCKET_ALLOWED_ORIGINS = [_origin_of(SITE_URL), *CSRF_TRUSTED_ORIGINS] if SITE_URL else [
+    *CSRF_TRUSTED_ORIGINS]
+if SITE_URL and not PRODUCTION and _site_host in {"127.0.0.1", "localhost", "::1"}:
+    WEBSOCKET_ALLOWED_ORIGINS += [_origin_of(SITE_URL, name)
+                                  for name in ("127.0.0.1", "localhost", "::1")]
+
 # --- applications ---------------------------------------------------------------------------
 INSTALLED_APPS = [
     "daphne",
@@ -92,6 +110,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "chatsite.middleware.ClientAddressMiddleware",  # first: the address everything else sees
     "django.middleware.security.SecurityMiddleware",
     "chatsite.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -244,6 +263,7 @@ ALLOW_SIGNUP = env_bool(ENV, "ALLOW_SIGNUP", False)
 # The standalone backend only refuses locked-out attempts; ModelBackend checks the password.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
+    "chatsite.auth.UsernameLockoutBackend",
     "django.contrib.auth.backends.ModelBackend",
 ]
 AXES_FAILURE_LIMIT = env_int(ENV, "LOGIN_FAILURE_LIMIT", 5, minimum=1)
@@ -256,6 +276,10 @@ AXES_COOLOFF_TIME = timedelta(minutes=env_int(ENV, "LOGIN_COOLOFF_MINUTES", 15, 
 # proxy, everyone) out after a few typos. Spraying many usernames from one address is left to
 # the reverse proxy's request rate limit on the two login URLs.
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# And per username from any address, after more failures (an attacker rotating addresses):
+# chatsite.auth.UsernameLockoutBackend.
+LOGIN_USERNAME_FAILURE_LIMIT = env_int(ENV, "LOGIN_USERNAME_FAILURE_LIMIT",
+                                       4 * AXES_FAILURE_LIMIT, minimum=1)
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"  # answered with HTTP 429
 
@@ -332,12 +356,19 @@ BEHIND_PROXY = env_bool(ENV, "BEHIND_PROXY", PRODUCTION)
 if BEHIND_PROXY:
     # The reverse proxy (nginx, see docs/deployment.md) terminates TLS.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    # Login throttling locks out the client, not the proxy: nginx overwrites X-Forwarded-For
-    # with the client's address (deploy/nginx), so it can be trusted here.
-    AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"]
-else:
-    # Without a proxy the header is whatever the client sent: never believe it.
-    AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+# Addresses (or networks) of the reverse proxies whose X-Forwarded-For is believed; every other
+# peer is the client itself (chatsite.middleware.ClientAddressMiddleware). Empty outside
+# production; in production the proxy on the same host.
+TRUSTED_PROXIES = env_list(ENV, "TRUSTED_PROXIES",
+                           ["127.0.0.1", "::1"] if PRODUCTION else [])
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ip_network(_proxy.strip(), strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"TRUSTED_PROXIES: {_proxy!r} is not an IP address or network.") from None
+# The middleware has already put the client's address in REMOTE_ADDR: never read a header.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
 
 # --- logging --------------------------------------------------------------------------------
 LOG_LEVEL = env_str(ENV, "LOG_LEVEL", "INFO").upper()
@@ -371,6 +402,9 @@ ALLOW_ANONYMOUS_SHARES = env_bool(ENV, "ALLOW_ANONYMOUS_SHARES", False)
 STREAM_COALESCE_MS = env_int(ENV, "STREAM_COALESCE_MS", 100, minimum=0)
 # Writers beat at least every third of this while waiting for a first token.
 GENERATION_STALE_SECONDS = env_int(ENV, "GENERATION_STALE_SECONDS", 45, minimum=5)
+# How often each server process looks for answers whose process went away (from its start on,
+# whether or not anyone visits); Celery beat does the same every 30 s with Redis.
+REAPER_INTERVAL_SECONDS = env_int(ENV, "REAPER_INTERVAL_SECONDS", 15, minimum=1)
 IMAGE_MAX_BYTES = env_int(ENV, "IMAGE_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)
 IMAGE_MAX_PIXELS = env_int(ENV, "IMAGE_MAX_PIXELS", 40_000_000, minimum=10_000)
 IMAGE_URL_TTL_SECONDS = env_int(ENV, "IMAGE_URL_TTL_SECONDS", 600, minimum=30)

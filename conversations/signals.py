@@ -1,12 +1,20 @@
-"""Push access changes to open sockets at once (threat T18), instead of waiting for a poll."""
+"""Push access changes to open sockets at once (threat T18), instead of waiting for a poll.
+
+- Membership removed, a conversation moved out of a team: `revoked("access")`; each socket
+  re-checks its access and closes with 4403 when it lost it.
+- A session ended (logout, a password changed by the user or an admin, a deactivated account):
+  `revoked("session")`; each of the user's sockets checks that the session it was opened with
+  is still valid and closes with 4401 when not. Through the channel layer, on every process.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.signals import user_logged_out
 from django.db import transaction
-from django.db.models.signals import m2m_changed, post_delete, post_save
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
 from django.dispatch import receiver
 
 from conversations import events
@@ -16,13 +24,28 @@ from conversations.models import Attachment
 User = get_user_model()
 
 
-def _tell_sockets(user_ids: list[Any]) -> None:
+def _tell_sockets(user_ids: list[Any], reason: str = "access") -> None:
     def send() -> None:
         for user_id in user_ids:
-            events.publish_sync(events.user_group(user_id),
-                                events.revoked("access"))
+            events.publish_sync(events.user_group(user_id), events.revoked(reason))
 
     transaction.on_commit(send)
+
+
+@receiver(user_logged_out)
+def logged_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    if user is not None and user.pk is not None:
+        _tell_sockets([user.pk], "session")
+
+
+@receiver(pre_save, sender=User)
+def remember_password(sender: Any, instance: Any, update_fields: Any = None,
+                      **kwargs: Any) -> None:
+    """The stored password hash before a save that may change it."""
+    if instance.pk is None or (update_fields is not None and "password" not in update_fields):
+        return
+    instance._password_before = User.objects.filter(pk=instance.pk).values_list(
+        "password", flat=True).first()
 
 
 @receiver(m2m_changed, sender=User.groups.through)
@@ -38,8 +61,11 @@ def membership_changed(sender: Any, instance: Any, action: str, reverse: bool,
 
 @receiver(post_save, sender=User)
 def user_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
-    if not created and not instance.is_active:
-        _tell_sockets([instance.pk])
+    if created:
+        return
+    before = getattr(instance, "_password_before", None)
+    if not instance.is_active or (before is not None and before != instance.password):
+        _tell_sockets([instance.pk], "session")
 
 
 def _attachment_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:

@@ -110,6 +110,8 @@ class ServerProcess:
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Its pages open websockets from their own origin, which must be SITE_URL's.
+        env = {"SITE_URL": self.url, **env}
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("wb")

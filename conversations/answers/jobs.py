@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import close_old_connections
 
 from conversations import runtime
-from conversations.answers.reaper import reaper_loop
+from conversations.answers.reaper import reap_stale, reaper_loop
 from conversations.answers.runner import run_generation
 from conversations.answers.tasks import generate_answer
 from conversations.images.attachments import cleanup
@@ -39,7 +42,8 @@ def start(message: Message) -> None:
 
 def start_periodic(loop: asyncio.AbstractEventLoop) -> None:
     """The reaper and, without Redis, the image cleanup, on the server's loop."""
-    loop.call_soon_threadsafe(lambda: runtime.spawn(reaper_loop()))
+    interval = float(settings.REAPER_INTERVAL_SECONDS)
+    loop.call_soon_threadsafe(lambda: runtime.spawn(reaper_loop(interval)))
     if not settings.REDIS_URL:  # with Redis, Celery beat runs the cleanup
         interval = settings.CLEANUP_INTERVAL_SECONDS
         loop.call_soon_threadsafe(lambda: runtime.spawn(_cleanup_loop(interval)))
@@ -53,6 +57,34 @@ async def _cleanup_loop(interval: float) -> None:
             log.info("image cleanup: %s", report)
         except Exception:
             log.warning("image cleanup failed", exc_info=True)
+
+
+def start_reaper_thread() -> threading.Thread:
+    """Reap from the moment the process starts, before any request (F16): a server restarted
+    after a crash marks the answers the dead process left `streaming`, visitor or not.
+
+    Until the first request shows the server's loop, a thread sweeps the database (no viewer
+    can be connected to this process yet, so there is nobody to tell in-process); from then on
+    the loop's own reaper takes over and the thread ends.
+    """
+    interval = float(settings.REAPER_INTERVAL_SECONDS)
+
+    def sweep() -> None:
+        while runtime.server_loop() is None:
+            try:
+                reaped = reap_stale()
+                if reaped:
+                    log.info("reaper (before the first request): %d answer(s) interrupted",
+                             len(reaped))
+            except Exception:
+                log.warning("reaper pass failed", exc_info=True)
+            finally:
+                close_old_connections()
+            time.sleep(interval)
+
+    thread = threading.Thread(target=sweep, name="reaper-before-first-request", daemon=True)
+    thread.start()
+    return thread
 
 
 class CaptureLoopMiddleware:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import transaction
 
 from conversations.answers.budget import Fitted, check_prompt, fit
 from conversations.answers.history import Turn, merge_params, one_image
@@ -150,7 +151,7 @@ def prepare(user: Any, spec: Spec) -> Prepared:
     check_images(model, spec)
     params = model_params(model, spec.options)
     try:
-        accounting.check_limits(user, prompt_chars=spec.prompt_chars)
+        accounting.check_limits(user, prompt_chars=spec.prompt_chars)  # early: before images
         check_prompt(model, spec.system, spec.messages[-1].text)
     except ServiceError as exc:
         raise service_error(exc) from None
@@ -158,11 +159,18 @@ def prepare(user: Any, spec: Spec) -> Prepared:
     stored = [a.pk for own in images for a in own]
     try:
         fitted = _shape(model, spec, images, params)
+        with transaction.atomic():
+            # Again, as one step with the ledger row: the web page and /v1 share the limits.
+            accounting.lock_user(user)
+            accounting.check_limits(user, prompt_chars=spec.prompt_chars)
+            record = accounting.record_start(user, model, source=UsageRecord.Source.API)
+    except ServiceError as exc:
+        Attachment.objects.filter(pk__in=stored).delete()
+        raise service_error(exc) from None
     except BaseException:
         Attachment.objects.filter(pk__in=stored).delete()
         raise
     request = ChatRequest(model=model.model_id, messages=fitted.messages, system=spec.system,
                           params=fitted.params)
-    record = accounting.record_start(user, model, source=UsageRecord.Source.API)
     return Prepared(model=model, request=request, record_id=record.pk, attachment_ids=stored,
                     prompt_chars=spec.prompt_chars, dropped=fitted.dropped)

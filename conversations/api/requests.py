@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest
 
+from conversations import bounded_json
 from conversations.api.errors import ApiError, bad
 from providers.params import PARAM_SPECS
 
@@ -105,9 +105,10 @@ def read_json(request: HttpRequest) -> Any:
     if len(raw) > limit:
         raise too_large
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise bad("invalid_json", "The request body must be a JSON object.") from None
+        return bounded_json.loads(raw)
+    except bounded_json.InvalidJson:
+        raise bad("invalid_json", "The request body must be a JSON object (nested at most "
+                  f"{bounded_json.MAX_DEPTH} levels deep).") from None
 
 
 def parse_request(body: Any) -> Spec:

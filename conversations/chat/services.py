@@ -113,10 +113,17 @@ def message_post(user: Any, conversation: Conversation, *, text: str, client_id:
         return existing
     text = text.strip() if attachment_ids and not text.strip() else _validate_text(text)
     model = _check_model(user, conversation.model)
-    warnings = _check_limits(user, conversation, len(text))
     check_prompt(model, conversation.system_prompt, text)
     try:
         with transaction.atomic():
+            # One step per user: the limits and the ledger row they guard (T22).
+            accounting.lock_user(user)
+            # A repeated client_id gets the first pair, even while that answer is running (F10):
+            # idempotency is checked before "busy" and before the limits.
+            existing = _existing_pair(conversation, client_id)
+            if existing:
+                return existing
+            warnings = _check_limits(user, conversation, len(text))
             locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
             parent = _parent_for_new_prompt(locked, edit_of)
             seq = _next_seq(locked, 2)
@@ -180,8 +187,9 @@ def regenerate(user: Any, conversation: Conversation, assistant: Message) -> Mes
     if assistant.status in ACTIVE_STATUSES:
         raise ServiceError("busy", _("This answer is still being written."), 409)
     model = _check_model(user, conversation.model)
-    _check_limits(user, conversation, 0)
     with transaction.atomic():
+        accounting.lock_user(user)  # the limits and the ledger row as one step (T22)
+        _check_limits(user, conversation, 0)
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
         busy = Message.objects.filter(conversation=locked, parent_id=assistant.parent_id,
                                       status__in=ACTIVE_STATUSES).exists()
@@ -224,6 +232,12 @@ def conversation_update(user: Any, conversation: Conversation, *, title: str | N
     if team_id != "unchanged":
         if team_id is not None and not conversation.owner.groups.filter(pk=team_id).exists():
             raise ServiceError("bad_team", _("You can only share with a team you belong to."))
+        if conversation.team_id is not None and conversation.team_id != team_id:
+            # Made private or moved: the old team's open sockets lose it now, not at their next
+            # periodic check (each socket re-checks its own access on this event).
+            group = events.conversation_group(conversation.pk)
+            revoked = events.revoked("access", conversation=conversation.pk)
+            transaction.on_commit(lambda: events.publish_sync(group, revoked))
         conversation.team_id = team_id  # type: ignore[assignment]
         fields.append("team")
     if title is not None:

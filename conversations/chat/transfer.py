@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from conversations import bounded_json
 from conversations.chat import selectors
 from conversations.images import attachments
 from conversations.models import Attachment, Conversation, Message, MessageStatus
@@ -110,9 +111,10 @@ def _read_upload(raw: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
     else:
         body = raw
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise ImportRefused(_("This file is not valid JSON.")) from None
+        data = bounded_json.loads(body)
+    except bounded_json.InvalidJson:
+        raise ImportRefused(_("This file is not valid JSON (or it is nested too deeply).")) \
+            from None
     if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != 1:
         raise ImportRefused(_("This is not a conversation exported from this product."))
     return data, images

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db.models import Q, Sum
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -132,6 +133,18 @@ def check_limits(user: Any, *, team_id: int | None = None, prompt_chars: int = 0
         if warning:
             warnings.append(warning)
     return warnings
+
+
+def lock_user(user: Any) -> None:
+    """Serialise this user's answer starts, for the web page and `/v1` together (T22).
+
+    Call it first in the transaction that checks the limits and writes the ledger row: the
+    check and the row it guards become one step, so a burst of requests cannot all pass a
+    limit that only one more may pass. PostgreSQL: a row lock on the user until commit. SQLite
+    takes the database's write lock at BEGIN (IMMEDIATE transactions, chatsite/settings.py).
+    """
+    list(get_user_model().objects.select_for_update().filter(pk=user.pk)
+         .values_list("pk", flat=True))
 
 
 def record_start(user: Any, model: ModelConfig, *, team_id: int | None = None,

@@ -6,19 +6,25 @@ are compact JSON arrays; everything else is a JSON object with a "type".
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
+from importlib import import_module
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
-from django.contrib.auth import get_user_model
+from django.conf import settings
+from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.utils.crypto import constant_time_compare
 
-from conversations import events
+from conversations import bounded_json, events
 from conversations.access import Access, aconversation_access
 from conversations.models import ACTIVE_STATUSES, Message
 from conversations.runtime import off_loop
 from conversations.sharing import links
+
+SessionStore = import_module(settings.SESSION_ENGINE).SessionStore
 
 # Close codes (documented in docs/protocol.md).
 CLOSE_UNAUTHENTICATED = 4401
@@ -26,6 +32,7 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_SLOW = 4408
 MAX_FRAME_BYTES = 64 * 1024
 ACCESS_RECHECK_SECONDS = 15.0
+SESSION_RECHECK_DELAYS = (0.25, 0.5)  # seconds: a session that ended closes within a second
 # Unacknowledged bytes: past the soft cap live text is held back (the client resyncs when it
 # catches up); past the hard cap the socket is closed. Memory per socket stays bounded (F15).
 SOFT_LAG_BYTES = 256 * 1024
@@ -43,12 +50,12 @@ except ImportError:  # another ASGI server
 
 
 def decode_frame(text_data: str | None) -> dict[str, Any] | None:
-    """A client frame as a dict, or None when it is not a JSON object of sane size."""
+    """A client frame as a dict, or None when it is not a JSON object of sane size and depth."""
     if text_data is None or len(text_data) > MAX_FRAME_BYTES:
         return None
     try:
-        content = json.loads(text_data)
-    except ValueError:
+        content = bounded_json.loads(text_data)
+    except bounded_json.InvalidJson:
         return None
     return content if isinstance(content, dict) else None
 
@@ -96,6 +103,8 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
+        session = self.scope.get("session")
+        self.session_key = getattr(session, "session_key", None)
         self.access = await aconversation_access(self.user, self.conversation_id)
         if self.access < Access.READ:
             await self.close(code=CLOSE_FORBIDDEN)
@@ -194,9 +203,33 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         conversation = event.get("conversation")
         if conversation and conversation != str(self.conversation_id):
             return
+        if event.get("reason") == "session":
+            await self._check_session()
+            return
         if event.get("reason") == "deleted" or not await self._still_allowed(force=True):
             await self._send(events.frame("revoked", reason=event.get("reason", "access")))
             await self.close(code=CLOSE_FORBIDDEN)
+
+    async def _check_session(self) -> bool:
+        """Is the session this socket was opened with still signed in? Closes it (4401) when not.
+
+        Checked a moment after the event and once more later: the request that ended a session
+        may still be finishing (Django flushes a session after the logout signal, and refreshes
+        the current session's hash after saving a new password).
+        """
+        key = getattr(self, "session_key", None)
+        valid = True
+        for delay in SESSION_RECHECK_DELAYS:
+            await asyncio.sleep(delay)
+            valid = await _session_valid(key, self.user.pk)
+            if not valid:
+                break
+        if valid:
+            return True
+        self.access = Access.NONE
+        await self._send(events.frame("revoked", reason="session"))
+        await self.close(code=CLOSE_UNAUTHENTICATED)
+        return False
 
     # --- helpers --------------------------------------------------------------------------
     async def _may_relay(self, seq: int) -> bool:
@@ -264,6 +297,20 @@ def _message_id_for_seq(conversation_id: Any, seq: int) -> str | None:
     pk = Message.objects.filter(conversation_id=conversation_id, seq=seq).values_list(
         "pk", flat=True).first()
     return str(pk) if pk else None
+
+
+@off_loop
+def _session_valid(session_key: str | None, user_id: Any) -> bool:
+    """The session exists, belongs to this active user, and was made with their current
+    password (Django's session hash: changing the password ends every other session)."""
+    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
+    if user is None or not session_key:
+        return False
+    data = SessionStore(session_key).load()
+    if str(data.get(SESSION_KEY)) != str(user_id):
+        return False
+    stored = data.get(HASH_SESSION_KEY)
+    return bool(stored) and constant_time_compare(stored, user.get_session_auth_hash())
 
 
 @off_loop

@@ -227,7 +227,9 @@ def message_stop(request: HttpRequest, conversation_id: uuid.UUID,
 @require_POST
 def message_switch(request: HttpRequest, conversation_id: uuid.UUID,
                    message_id: uuid.UUID) -> HttpResponse:
-    conversation = get_conversation_for(request.user, conversation_id, Access.READ)
+    # The branch shown is the conversation's, for everyone: only those who may continue it
+    # may change it (a view-only member or an oversight admin may not).
+    conversation = get_conversation_for(request.user, conversation_id, Access.CONTINUE)
     message = get_message_for(request.user, conversation, message_id)
     services.switch_branch(conversation, message)
     if _wants_json(request):

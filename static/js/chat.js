@@ -89,6 +89,7 @@ function Conversation(root) {
   let received = 0;
   let acked = 0;
   let retry = 0;
+  let triedAfterSessionEnd = false;
   let activeSeq = null;
 
   const atBottom = () => root.scrollHeight - root.scrollTop - root.clientHeight < 80;
@@ -278,6 +279,7 @@ function Conversation(root) {
     socket = new WebSocket(`${scheme}://${location.host}${root.dataset.ws}`);
     socket.addEventListener("open", () => { retry = 0; status.textContent = ""; document.body.classList.remove("offline"); });
     socket.addEventListener("message", (event) => {
+      triedAfterSessionEnd = false;
       received += event.data.length;
       if (received - acked > 32768) { acked = received; send({ type: "ack", bytes: received }); }
       const frame = JSON.parse(event.data);
@@ -289,6 +291,13 @@ function Conversation(root) {
       handle(frame);
     });
     socket.addEventListener("close", (event) => {
+      // A session that ended (4401) may have a successor in this browser (a password changed
+      // here gets a new session cookie): try once more before saying "signed out".
+      if (event.code === 4401 && !triedAfterSessionEnd) {
+        triedAfterSessionEnd = true;
+        setTimeout(connect, 500);
+        return;
+      }
       if (event.code === 4403 || event.code === 4401) {
         if (root.dataset.share && event.code === 4403) root.replaceChildren();
         status.textContent = event.code === 4401 ? t("signed_out") : t("no_access");

@@ -47,6 +47,9 @@ def production_like() -> None:
     b"http://localhost.evil.test",
     b"http://evil-localhost",
     b"http://127.0.0.2:8000",
+    b"http://127.0.0.1:9999",  # our host, another port
+    b"https://127.0.0.1:8000",  # our host and port, another scheme
+    b"http://localhost:9999",
     b"null",
     b"http://localhost@evil.test",
 ])

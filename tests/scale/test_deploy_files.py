@@ -265,7 +265,7 @@ def test_nginx_takes_uploads_and_streams_and_passes_the_scheme_on(path: Path) ->
         headers = dict(value.split(None, 1) for value in directive(body, "proxy_set_header"))
         assert headers.get("Host") == "$host", header
         assert headers.get("X-Forwarded-Proto") == "$scheme", header
-        # Overwritten, never appended: daphne --proxy-headers trusts the first address.
+        # Overwritten, never appended: the app takes the client from it behind a trusted proxy.
         assert headers.get("X-Forwarded-For") == "$remote_addr", header
 
 
@@ -283,7 +283,8 @@ def test_the_daphne_unit_is_a_template_serving_one_port_behind_nginx() -> None:
     (command,) = unit["Service"]["ExecStart"]
     assert " -m daphne " in command
     assert "-b 127.0.0.1" in command and "-p %i" in command
-    assert "--proxy-headers" in command and command.endswith("chatsite.asgi:application")
+    # No --proxy-headers: daphne would let any client choose its address (T21).
+    assert "--proxy-headers" not in command and command.endswith("chatsite.asgi:application")
     ports = {int(p) for p in re.findall(r"127\.0\.0\.1:(\d+);",
                                         NGINX_FILES[0].read_text())}
     assert ports == {8001, 8002}, "the ports of docs/deployment.md's daphne instances"
@@ -329,7 +330,7 @@ def test_docker_compose_is_valid_yaml_with_every_service() -> None:
     first = services["web1"]
     assert first.index("migrate --noinput") < first.index("sync_providers") < first.index(
         "daphne")
-    assert "daphne" in services["web2"] and "--proxy-headers" in services["web2"]
+    assert "daphne" in services["web2"] and "--proxy-headers" not in services["web2"]
     assert '"worker"' in services["worker"] and '"beat"' in services["beat"]
     assert "noeviction" in services["redis"]
     assert "./nginx/compose.conf:" in services["nginx"]

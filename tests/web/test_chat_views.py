@@ -55,8 +55,9 @@ def _paths(conversation: Conversation, answer: Message) -> dict[str, tuple[str, 
     }
 
 
-READ = {"page", "thread", "fragment", "switch"}
-CONTINUE = READ | {"send", "regenerate", "stop"}
+READ = {"page", "thread", "fragment"}
+# Switching the branch changes it for everyone: only those who may continue may.
+CONTINUE = READ | {"send", "regenerate", "stop", "switch"}
 MANAGE = CONTINUE | {"rename", "settings", "delete"}
 
 

@@ -16,6 +16,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from chatsite.daphne_tuning import close_instead_of_drop  # noqa: E402
 from conversations.answers.jobs import (  # noqa: E402
     CaptureLoopMiddleware,
     start_reaper_thread,
@@ -37,3 +38,4 @@ application = CaptureLoopMiddleware(ProtocolTypeRouter(
 # daphne server process (its command line module is loaded), not wherever this is imported.
 if "daphne.cli" in sys.modules:
     start_reaper_thread()
+    close_instead_of_drop()

@@ -372,3 +372,23 @@ def test_a_restarted_server_reaps_answers_left_streaming_without_any_visitor(
         server.stop()
     assert answer.status == MessageStatus.INTERRUPTED
     assert answer.content == "half an ans"  # the text is kept
+
+
+# --- 11. an oversized frame is refused with a close frame (1009), not a dropped line -------------
+@pytest.mark.django_db(transaction=True)
+def test_a_ten_megabyte_frame_closes_the_socket_with_1009(owner: Any, live_app: Any) -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    conversation = _chat(owner)
+    cookie = _login(owner).cookies[settings.SESSION_COOKIE_NAME].value
+    url = live_app.url.replace("http://", "ws://") + f"/ws/c/{conversation.pk}/"
+    with connect(url, origin=live_app.url, max_size=None,  # type: ignore[arg-type]
+                 additional_headers={"Cookie": f"{settings.SESSION_COOKIE_NAME}={cookie}"}
+                 ) as socket:
+        assert '"hello"' in str(socket.recv(timeout=5))
+        socket.send("x" * 10 * 1024 * 1024)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                socket.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009

@@ -116,6 +116,9 @@ def message_post(user: Any, conversation: Conversation, *, text: str, client_id:
     check_prompt(model, conversation.system_prompt, text)
     try:
         with transaction.atomic():
+            # Locks in one order everywhere (the conversation, then the user), so that two
+            # people writing into one conversation cannot deadlock.
+            locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
             # One step per user: the limits and the ledger row they guard (T22).
             accounting.lock_user(user)
             # A repeated client_id gets the first pair, even while that answer is running (F10):
@@ -124,7 +127,6 @@ def message_post(user: Any, conversation: Conversation, *, text: str, client_id:
             if existing:
                 return existing
             warnings = _check_limits(user, conversation, len(text))
-            locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
             parent = _parent_for_new_prompt(locked, edit_of)
             seq = _next_seq(locked, 2)
             user_message = Message.objects.create(
@@ -188,9 +190,9 @@ def regenerate(user: Any, conversation: Conversation, assistant: Message) -> Mes
         raise ServiceError("busy", _("This answer is still being written."), 409)
     model = _check_model(user, conversation.model)
     with transaction.atomic():
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
         accounting.lock_user(user)  # the limits and the ledger row as one step (T22)
         _check_limits(user, conversation, 0)
-        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
         busy = Message.objects.filter(conversation=locked, parent_id=assistant.parent_id,
                                       status__in=ACTIVE_STATUSES).exists()
         if busy:

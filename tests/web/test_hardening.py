@@ -5,6 +5,7 @@ for those who may continue, idempotency over "busy", and a reaper that needs no 
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -34,32 +35,38 @@ def _chat(user: Any, slug: str = "llama-3.2-3b") -> Conversation:
     return services.conversation_create(user, model=model(slug))
 
 
+def _all_at_once(calls: list[Any]) -> list[Any]:
+    """Run the calls in threads released together; their results or their ServiceErrors."""
+    barrier = threading.Barrier(len(calls))
+    outcomes: list[Any] = []
+
+    def run(call: Any) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(call())
+        except ServiceError as exc:
+            outcomes.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
 # --- 1. limits hold under bursts ----------------------------------------------------------------
 @pytest.mark.django_db(transaction=True)
 def test_a_burst_of_prompts_starts_no_more_answers_than_the_limit(
     emulated: Any, owner: Any, settings: Any
 ) -> None:
     settings.MAX_CONCURRENT_ANSWERS = 3
-    conversations = [_chat(owner) for _ in range(12)]
-    barrier = threading.Barrier(len(conversations))
-    outcomes: list[Any] = []
-
-    def send(conversation: Conversation) -> None:
-        barrier.wait()
-        try:
-            outcomes.append(services.message_post(
-                owner, conversation, text="Slow one [[emu:tokens n=40 rate=40]]",
-                client_id=uuid.uuid4()))
-        except ServiceError as exc:
-            outcomes.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=send, args=(c,)) for c in conversations]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    outcomes = _all_at_once([
+        functools.partial(services.message_post, owner, _chat(owner),
+                          text="Slow one [[emu:tokens n=40 rate=40]]", client_id=uuid.uuid4())
+        for _ in range(12)])
     started = [o for o in outcomes if not isinstance(o, ServiceError)]
     refused = [o for o in outcomes if isinstance(o, ServiceError)]
     assert len(started) == 3, [getattr(o, "code", "started") for o in outcomes]
@@ -71,53 +78,21 @@ def test_a_burst_of_prompts_starts_no_more_answers_than_the_limit(
 def test_a_burst_within_the_rate_limit_passes_it_by_none(owner: Any, settings: Any) -> None:
     settings.RATE_LIMIT_PER_MINUTE = 4
     settings.MAX_CONCURRENT_ANSWERS = 100
-    conversations = [_chat(owner) for _ in range(10)]
-    barrier = threading.Barrier(len(conversations))
-    created: list[Any] = []
-
-    def send(conversation: Conversation) -> None:
-        barrier.wait()
-        try:
-            created.append(services.message_post(owner, conversation, text="Hi",
-                                                 client_id=uuid.uuid4()))
-        except ServiceError as exc:
-            assert exc.code == "rate_limited"
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=send, args=(c,)) for c in conversations]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(created) == 4
+    outcomes = _all_at_once([
+        functools.partial(services.message_post, owner, _chat(owner), text="Hi",
+                          client_id=uuid.uuid4()) for _ in range(10)])
+    refused = [o for o in outcomes if isinstance(o, ServiceError)]
+    assert len(outcomes) - len(refused) == 4
+    assert {r.code for r in refused} == {"rate_limited"}
 
 
 # --- 10. a repeated client_id gets its first pair, never "busy" ----------------------------------
 @pytest.mark.django_db(transaction=True)
 def test_a_repeated_client_id_sent_in_parallel_gets_the_first_pair(emulated: Any,
                                                                    owner: Any) -> None:
-    conversation = _chat(owner)
-    client_id = uuid.uuid4()
-    barrier = threading.Barrier(6)
-    results: list[Any] = []
-
-    def send() -> None:
-        barrier.wait()
-        try:
-            results.append(services.message_post(
-                owner, conversation, text="Once [[emu:tokens n=20 rate=40]]",
-                client_id=client_id))
-        except ServiceError as exc:
-            results.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=send) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    send = functools.partial(services.message_post, owner, _chat(owner),
+                             text="Once [[emu:tokens n=20 rate=40]]", client_id=uuid.uuid4())
+    results = _all_at_once([send] * 6)
     assert not [r for r in results if isinstance(r, ServiceError)], results
     assert len({r.assistant_message.pk for r in results}) == 1
     assert sum(r.created for r in results) == 1
@@ -199,12 +174,17 @@ def _login(user: Any) -> Client:
     return client
 
 
+async def _owner_socket(owner: Any) -> tuple[Client, WebsocketCommunicator]:
+    """The owner signed in, with a socket open on a new conversation of theirs."""
+    conversation = await database_sync_to_async(_chat)(owner)
+    client = await database_sync_to_async(_login)(owner)
+    return client, await _signed_in_socket(client, conversation)
+
+
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
 async def test_logging_out_closes_that_users_open_sockets(owner: Any) -> None:
-    conversation = await database_sync_to_async(_chat)(owner)
-    client = await database_sync_to_async(_login)(owner)
-    socket = await _signed_in_socket(client, conversation)
+    client, socket = await _owner_socket(owner)
     await database_sync_to_async(client.post)("/accounts/logout/")
     frame = await _closed_with(socket, 4401)
     assert frame["reason"] == "session"
@@ -240,9 +220,7 @@ async def test_a_password_changed_elsewhere_closes_other_sessions_sockets(owner:
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
 async def test_an_admin_deactivating_a_user_closes_their_sockets(owner: Any) -> None:
-    conversation = await database_sync_to_async(_chat)(owner)
-    client = await database_sync_to_async(_login)(owner)
-    socket = await _signed_in_socket(client, conversation)
+    _client, socket = await _owner_socket(owner)
 
     def deactivate() -> None:
         owner.is_active = False
@@ -309,9 +287,7 @@ def _named(data: bytes, name: str) -> Any:
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
 async def test_a_deeply_nested_frame_gets_an_error_frame_and_the_socket_stays(owner: Any) -> None:
-    conversation = await database_sync_to_async(_chat)(owner)
-    client = await database_sync_to_async(_login)(owner)
-    socket = await _signed_in_socket(client, conversation)
+    _client, socket = await _owner_socket(owner)
     await socket.send_to(text_data="[" * 30_000 + "]" * 30_000)
     frame = await socket.receive_json_from(timeout=1)
     assert frame["type"] == "error" and frame["code"] == "bad_frame"

@@ -17,6 +17,7 @@ from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from chatsite.daphne_tuning import close_instead_of_drop  # noqa: E402
+from conversations.answers.drain import install_on_daphne  # noqa: E402
 from conversations.answers.jobs import (  # noqa: E402
     CaptureLoopMiddleware,
     start_reaper_thread,
@@ -39,3 +40,4 @@ application = CaptureLoopMiddleware(ProtocolTypeRouter(
 if "daphne.cli" in sys.modules:
     start_reaper_thread()
     close_instead_of_drop()
+    install_on_daphne()  # SIGTERM drains the answers in flight (DRAIN_SECONDS)

@@ -237,6 +237,9 @@ CELERY_BROKER_URL = REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = REDIS_URL or "cache+memory://"
 # Without Redis there is no worker: jobs run in the calling process.
 CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
+# The queue answers and maintenance go to (and `make worker` reads): one per site when several
+# sites share a Redis, or per blue/green deployment.
+CELERY_TASK_DEFAULT_QUEUE = env_str(ENV, "CELERY_QUEUE", "celery")
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-generations": {"task": "conversations.reap_stale_generations",
                                "schedule": 30.0},
@@ -405,6 +408,9 @@ GENERATION_STALE_SECONDS = env_int(ENV, "GENERATION_STALE_SECONDS", 45, minimum=
 # How often each server process looks for answers whose process went away (from its start on,
 # whether or not anyone visits); Celery beat does the same every 30 s with Redis.
 REAPER_INTERVAL_SECONDS = env_int(ENV, "REAPER_INTERVAL_SECONDS", 15, minimum=1)
+# On SIGTERM (a deploy), how long a server process or worker lets the answers it writes finish
+# before it saves the rest as interrupted and exits (conversations/answers/drain.py).
+DRAIN_SECONDS = env_int(ENV, "DRAIN_SECONDS", 60, minimum=0)
 IMAGE_MAX_BYTES = env_int(ENV, "IMAGE_MAX_BYTES", 10 * 1024 * 1024, minimum=1024)
 IMAGE_MAX_PIXELS = env_int(ENV, "IMAGE_MAX_PIXELS", 40_000_000, minimum=10_000)
 IMAGE_URL_TTL_SECONDS = env_int(ENV, "IMAGE_URL_TTL_SECONDS", 600, minimum=30)

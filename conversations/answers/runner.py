@@ -55,6 +55,11 @@ def is_running_here(message_id: uuid.UUID) -> bool:
     return message_id in _running
 
 
+def running() -> list[Generation]:
+    """The answers this process is writing now."""
+    return list(_running.values())
+
+
 @dataclass
 class Job:
     message: Message
@@ -141,6 +146,7 @@ class Generation:
         self.lock = asyncio.Lock()
         self.stop_requested = False
         self.stream_task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None
         self.rewound_to = _NONE  # the lowest common prefix since the last flush, if any
 
     @property
@@ -148,7 +154,14 @@ class Generation:
         return self.answer.text
 
     # --- the job ------------------------------------------------------------------------
+    def interrupt(self) -> asyncio.Task[None] | None:
+        """Stop now and save the text as interrupted (a drain's end); the task that saves."""
+        if self.stream_task is not None and not self.stream_task.done():
+            self.stream_task.cancel()
+        return self.task
+
     async def run(self) -> None:
+        self.task = asyncio.current_task()
         layer = get_channel_layer()
         # The default "specific." prefix matters with channels_redis: all of a process's
         # specific channels share one Redis list and one receive loop; a channel with another

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import Any
 
 from celery import shared_task
+from celery.signals import worker_shutting_down
 
+from conversations.answers import drain
 from conversations.answers.reaper import reap_and_announce
 from conversations.answers.runner import run_generation
 
@@ -18,8 +22,26 @@ def generate_answer(message_id: str) -> None:
     A worker killed mid-answer is not retried (reject_on_worker_lost=False acknowledges the
     message): the reaper marks the answer interrupted and keeps the partial text, so the
     provider is never called twice for one attempt (F12, F13).
+
+    On a warm shutdown the answer may finish for DRAIN_SECONDS; then it is saved as
+    interrupted, with its text, and the task ends (drain.py).
     """
-    asyncio.run(run_generation(message_id))
+    asyncio.run(_generate_until_drained(message_id))
+
+
+async def _generate_until_drained(message_id: str) -> None:
+    task = asyncio.ensure_future(run_generation(message_id))
+    while not task.done():
+        await asyncio.wait({task}, timeout=0.5)
+        if not task.done() and await drain.worker_deadline_passed():
+            await drain.interrupt_running()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+@worker_shutting_down.connect
+def _drain_on_warm_shutdown(**kwargs: Any) -> None:
+    drain.announce_worker_shutdown()
 
 
 @shared_task(name="conversations.reap_stale_generations", ignore_result=True)

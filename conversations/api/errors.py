@@ -105,4 +105,5 @@ def service_error(exc: ServiceError, param: str | None = "messages") -> ApiError
     if isinstance(exc, LimitExceeded):
         return limit_error(exc)
     return ApiError(exc.status, SERVICE_CODES.get(exc.code, exc.code),
-                    exc.message + SERVICE_HINTS.get(exc.code, ""), param=param)
+                    exc.message + SERVICE_HINTS.get(exc.code, ""), param=param,
+                    retry_after=exc.retry_after)

@@ -13,6 +13,7 @@ from typing import Any
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 
+from conversations.answers import drain
 from conversations.answers.budget import Fitted, check_prompt, fit
 from conversations.answers.history import Turn, merge_params, one_image
 from conversations.api.errors import ApiError, bad, service_error
@@ -147,6 +148,10 @@ def _shape(model: ModelConfig, spec: Spec, images: list[list[Attachment]],
 
 def prepare(user: Any, spec: Spec) -> Prepared:
     """Every check before the provider is called, then the ledger row. Refusals charge nothing."""
+    try:
+        drain.check_not_draining()
+    except ServiceError as exc:
+        raise service_error(exc, param=None) from None
     model = find_model(user, spec.model)
     check_images(model, spec)
     params = model_params(model, spec.options)

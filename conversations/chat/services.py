@@ -16,7 +16,7 @@ from django.db.models import F
 from django.utils.translation import gettext as _
 
 from conversations import events
-from conversations.answers import jobs
+from conversations.answers import drain, jobs
 from conversations.answers.budget import check_prompt
 from conversations.errors import ServiceError
 from conversations.images.attachments import attach
@@ -112,6 +112,7 @@ def message_post(user: Any, conversation: Conversation, *, text: str, client_id:
     if existing:
         return existing
     text = text.strip() if attachment_ids and not text.strip() else _validate_text(text)
+    drain.check_not_draining()
     model = _check_model(user, conversation.model)
     check_prompt(model, conversation.system_prompt, text)
     try:
@@ -188,6 +189,7 @@ def regenerate(user: Any, conversation: Conversation, assistant: Message) -> Mes
     assistant.refresh_from_db(fields=["status"])
     if assistant.status in ACTIVE_STATUSES:
         raise ServiceError("busy", _("This answer is still being written."), 409)
+    drain.check_not_draining()
     model = _check_model(user, conversation.model)
     with transaction.atomic():
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import json
 import time
+import weakref
 from importlib import import_module
 from typing import Any
 
@@ -20,11 +22,28 @@ from django.utils.crypto import constant_time_compare
 
 from conversations import bounded_json, events
 from conversations.access import Access, aconversation_access
+from conversations.answers import drain
 from conversations.models import ACTIVE_STATUSES, Message
 from conversations.runtime import off_loop
 from conversations.sharing import links
 
+log = logging.getLogger(__name__)
 SessionStore = import_module(settings.SESSION_ENGINE).SessionStore
+# The sockets this process serves, for a drain to close them with "service restart".
+_open: weakref.WeakSet[AsyncWebsocketConsumer] = weakref.WeakSet()
+
+
+async def _close_all_for_restart() -> None:
+    consumers = list(_open)
+    log.info("draining: closing %d socket(s) for a restart", len(consumers))
+    for consumer in consumers:
+        try:
+            await consumer.close(code=drain.RESTART_CLOSE_CODE)
+        except Exception:
+            log.warning("could not close a socket for the restart", exc_info=True)
+
+
+drain.on_drain(_close_all_for_restart)
 
 # Close codes (documented in docs/protocol.md).
 CLOSE_UNAUTHENTICATED = 4401
@@ -118,6 +137,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_add(group, self.channel_name)
             self.joined.append(group)
         await self.accept()
+        _open.add(self)
         active = await _active_messages(self.conversation_id)
         await self._send(events.hello_frame(str(self.conversation_id),
                                             self.access.name.lower(), active))

@@ -39,8 +39,11 @@ def _wants_json(request: HttpRequest) -> bool:
 
 def _error(request: HttpRequest, exc: ServiceError, fallback: str) -> HttpResponse:
     if _wants_json(request):
-        return JsonResponse({"error": {"code": exc.code, "message": exc.message}},
-                            status=exc.status)
+        response = JsonResponse({"error": {"code": exc.code, "message": exc.message}},
+                                status=exc.status)
+        if exc.retry_after is not None:
+            response["Retry-After"] = str(max(1, int(exc.retry_after)))
+        return response
     flash.error(request, exc.message)
     return redirect(fallback)
 

@@ -35,7 +35,7 @@ assets: install
 run: install migrate assets
 	$(PY) manage.py sync_providers
 	@echo "Llama Chat on http://$(HOST):$(PORT)/"
-	SITE_URL=$${SITE_URL:-http://$(HOST):$(PORT)} \
+	SITE_URL=$${SITE_URL:-http://$(HOST):$(PORT)} DRAIN_SECONDS=$${DRAIN_SECONDS:-5} \
 	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
 
 # The app on the local provider emulators: every model answers without real keys.
@@ -49,7 +49,7 @@ demo: install migrate assets
 	@trap 'kill $$(cat var/emulators.pid) 2>/dev/null' EXIT INT TERM; \
 	$(EMULATOR_ENV) $(PY) manage.py sync_providers && \
 	echo "Llama Chat on the emulators: http://$(HOST):$(PORT)/" && \
-	$(EMULATOR_ENV) SITE_URL=$${SITE_URL:-http://$(HOST):$(PORT)} $(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
+	$(EMULATOR_ENV) SITE_URL=$${SITE_URL:-http://$(HOST):$(PORT)} DRAIN_SECONDS=$${DRAIN_SECONDS:-5} $(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
 
 test: install-dev
 	$(PY) manage.py compile_translations

@@ -77,24 +77,24 @@ def test_sigterm_lets_the_answer_in_flight_finish_with_its_exact_text(emulated: 
     try:
         browser = Browser(server, owner)
         conversation = services.conversation_create(owner, model=model())
-        socket = browser.socket(conversation)
-        assert '"hello"' in str(socket.recv(timeout=5))
-        posted = browser.post(conversation, "Drain me [[emu:tokens n=50 rate=25]]")
-        assert posted.status_code == 201, posted.text
-        answer_id = posted.json()["assistant"]["id"]
-        _wait(lambda: _streaming(answer_id), 10, "the answer never started")
+        with browser.socket(conversation) as socket:
+            assert '"hello"' in str(socket.recv(timeout=5))
+            posted = browser.post(conversation, "Drain me [[emu:tokens n=50 rate=25]]")
+            assert posted.status_code == 201, posted.text
+            answer_id = posted.json()["assistant"]["id"]
+            _wait(lambda: _streaming(answer_id), 10, "the answer never started")
 
-        server.proc.send_signal(signal.SIGTERM)
-        # The page's socket is told to reconnect ("service restart")...
-        with pytest.raises(ConnectionClosed) as closed:
-            while True:
-                socket.recv(timeout=5)
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4012
-        # ...and no new answer starts here while the process drains.
-        refused = browser.post(conversation, "Too late")
-        assert refused.status_code == 503 and refused.headers["Retry-After"]
-        assert refused.json()["error"]["code"] == "server_restarting"
-        assert server.proc.poll() is None  # still writing the answer
+            server.proc.send_signal(signal.SIGTERM)
+            # The page's socket is told to reconnect ("service restart")...
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    socket.recv(timeout=5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 4012
+            # ...and no new answer starts here while the process drains.
+            refused = browser.post(conversation, "Too late")
+            assert refused.status_code == 503 and refused.headers["Retry-After"]
+            assert refused.json()["error"]["code"] == "server_restarting"
+            assert server.proc.poll() is None  # still writing the answer
         server.proc.wait(timeout=20)
     finally:
         server.stop()

@@ -8,6 +8,7 @@ process, where a resync gives each answer's final state; no provider call is mad
 
 from __future__ import annotations
 
+import contextlib
 import io
 import signal
 import time
@@ -60,13 +61,14 @@ def test_a_rolling_restart_loses_no_answer(emulated: Any, owner: Any,
     worker = QueueWorker(worker_env, logs / "celery-drain.log", "drain", queue)
     replacement: QueueWorker | None = None
     sockets: list[Any] = []
+    opened = contextlib.ExitStack()
     try:
         on_a, on_b = Browser(stopping, owner), Browser(staying, owner)
         text_chats = [services.conversation_create(owner, model=model()) for _ in range(16)]
         vision_chats = [services.conversation_create(owner, model=model("llama-3.2-11b-vision"))
                         for _ in range(4)]
         for chat in text_chats[:8]:  # the pages watching the process that will stop
-            socket = on_a.socket(chat)
+            socket = opened.enter_context(on_a.socket(chat))
             assert '"hello"' in str(socket.recv(timeout=5))
             sockets.append((chat, socket))
         images = [_upload(on_b) for _ in vision_chats]
@@ -110,16 +112,14 @@ def test_a_rolling_restart_loses_no_answer(emulated: Any, owner: Any,
             assert time.monotonic() < deadline, "answers left running"
             time.sleep(0.1)
         for chat, _socket in sockets:
-            again = on_b.socket(chat)
-            assert '"hello"' in str(again.recv(timeout=5))
-            answer = Message.objects.filter(conversation=chat, role="assistant").get()
-            again.send(f'{{"type": "resync", "seq": {answer.seq}}}')
-            state = str(again.recv(timeout=5))
-            assert '"state"' in state and '"complete"' in state, state
-            again.close()
+            with on_b.socket(chat) as again:
+                assert '"hello"' in str(again.recv(timeout=5))
+                answer = Message.objects.filter(conversation=chat, role="assistant").get()
+                again.send(f'{{"type": "resync", "seq": {answer.seq}}}')
+                state = str(again.recv(timeout=5))
+                assert '"state"' in state and '"complete"' in state, state
     finally:
-        for _chat, socket in sockets:
-            socket.close()
+        opened.close()
         stopping.stop()
         staying.stop()
         worker.stop()
@@ -179,12 +179,14 @@ def test_an_idle_socket_and_a_long_answer_outlive_the_redis_timeouts_on_both_lay
     servers = [ServerProcess(child_env(CHANNEL_LAYER=layer, PROVIDER_READ_TIMEOUT="10"),
                              ARTIFACTS / "logs" / f"daphne-idle-{layer}.log")
                for layer in ("core", "pubsub")]
+    opened = contextlib.ExitStack()
     try:
         browsers = [Browser(server, owner) for server in servers]
         chats = [services.conversation_create(owner, model=model()) for _ in servers]
         quiet = [services.conversation_create(owner, model=model()) for _ in servers]
         # A page on a conversation nobody writes to: nothing crosses its socket meanwhile.
-        idle = [browser.socket(chat) for browser, chat in zip(browsers, quiet, strict=True)]
+        idle = [opened.enter_context(browser.socket(chat))
+                for browser, chat in zip(browsers, quiet, strict=True)]
         for socket in idle:
             assert '"hello"' in str(socket.recv(timeout=5))
         answers = []
@@ -200,8 +202,8 @@ def test_an_idle_socket_and_a_long_answer_outlive_the_redis_timeouts_on_both_lay
             socket.send('{"type": "ping", "ref": 9}')
             while '"pong"' not in (frame := str(socket.recv(timeout=5))):
                 assert '"revoked"' not in frame
-            socket.close()
     finally:
+        opened.close()
         for server in servers:
             server.stop()
     for answer_id in answers:

@@ -50,7 +50,7 @@ from providers.retry import (
     read_body_limited,
 )
 from providers.sse import SSEDecoder, aiter_events
-from providers.tokens import estimate_tokens
+from providers.tokens import TokenCount
 
 logger = logging.getLogger("providers.qianfan")
 
@@ -303,7 +303,7 @@ class QianfanClient(StreamingClient):
             max_event_bytes=self._max_event_bytes, keep_other_lines=True, provider=NAME
         )
         text_sent = False
-        written = ""  # for the local output cap
+        written = TokenCount()  # for the local output cap
         usage: Usage | None = None
         request_id: str | None = None
         async for event in aiter_events(response, decoder):
@@ -336,7 +336,7 @@ class QianfanClient(StreamingClient):
                 text_sent = True
                 if prepared.max_tokens is not None:
                     text, capped = _cap(written, text, prepared.max_tokens)
-                    written += text
+                    written.add(text)
                     if capped:
                         # Stop reading: leaving this block closes the upstream response.
                         if text:
@@ -369,7 +369,7 @@ class QianfanClient(StreamingClient):
         text = text if isinstance(text, str) else ""
         capped = False
         if prepared.max_tokens is not None:
-            text, capped = _cap("", text, prepared.max_tokens)
+            text, capped = _cap(TokenCount(), text, prepared.max_tokens)
         items: list[StreamItem] = [Delta(text)] if text else []
         reason = "length" if payload.get("is_truncated") or capped else "stop"
         usage = _usage(payload.get("usage"))
@@ -505,15 +505,15 @@ def _fit_budget(system: str, turns: list[dict[str, str]], sources: list[list[int
     return turns, sources
 
 
-def _cap(written: str, text: str, max_tokens: int) -> tuple[str, bool]:
+def _cap(written: TokenCount, text: str, max_tokens: int) -> tuple[str, bool]:
     """The part of `text` that keeps the answer within `max_tokens` (estimated), and whether
-    the cap was reached."""
-    if estimate_tokens(written + text) <= max_tokens:
+    the cap was reached. Costs one look at `text`, not at the whole answer."""
+    if written.with_text(text) <= max_tokens:
         return text, False
     low, high = 0, len(text)  # the longest prefix that still fits
     while low < high:
         middle = (low + high + 1) // 2
-        if estimate_tokens(written + text[:middle]) <= max_tokens:
+        if written.with_text(text[:middle]) <= max_tokens:
             low = middle
         else:
             high = middle - 1

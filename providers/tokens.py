@@ -22,16 +22,41 @@ MESSAGE_OVERHEAD_TOKENS = 5
 IMAGE_TOKENS = 1280
 
 
-def estimate_tokens(text: str) -> int:
-    """Tokens `text` costs at most, by the rule above (0 for empty text)."""
-    if not text:
-        return 0
+def _parts(text: str) -> tuple[int, int]:
+    """(ASCII characters, UTF-8 bytes of everything else) of `text`."""
     if text.isascii():
-        return -(-len(text) // ASCII_CHARS_PER_TOKEN)
+        return len(text), 0
     ascii_chars = len(text.encode("ascii", "ignore"))
-    other_bytes = len(text.encode("utf-8", "surrogatepass")) - ascii_chars
+    return ascii_chars, len(text.encode("utf-8", "surrogatepass")) - ascii_chars
+
+
+def _tokens(ascii_chars: int, other_bytes: int) -> int:
     return (-(-ascii_chars // ASCII_CHARS_PER_TOKEN)
             + -(-other_bytes // OTHER_BYTES_PER_TOKEN))
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens `text` costs at most, by the rule above (0 for empty text)."""
+    return _tokens(*_parts(text))
+
+
+class TokenCount:
+    """The estimate of a text that grows piece by piece (an answer as it streams), kept
+    without reading the whole text again: `estimate_tokens(a + b)` without `a`."""
+
+    def __init__(self) -> None:
+        self.ascii_chars = 0
+        self.other_bytes = 0
+
+    def with_text(self, text: str) -> int:
+        """The estimate if `text` were added."""
+        ascii_chars, other_bytes = _parts(text)
+        return _tokens(self.ascii_chars + ascii_chars, self.other_bytes + other_bytes)
+
+    def add(self, text: str) -> None:
+        ascii_chars, other_bytes = _parts(text)
+        self.ascii_chars += ascii_chars
+        self.other_bytes += other_bytes
 
 
 def estimate_message_tokens(text: str, images: int = 0) -> int:

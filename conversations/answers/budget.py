@@ -80,44 +80,37 @@ def fit(model: ModelConfig, system: str, messages: Sequence[WireMessage],
         return Fitted((), params, 0)
     window = model.context_window or 0
     max_chars = model.max_input_chars or 0
-    costs = [estimate_message_tokens(m.text, len(m.images)) for m in messages]
-    chars = [len(m.text) for m in messages]
     units = _units(messages)
-    protected = {0 if not units else len(units) - 1}
+    unit_tokens = [sum(estimate_message_tokens(messages[j].text, len(messages[j].images))
+                       for j in unit) for unit in units]
+    unit_chars = [sum(len(messages[j].text) for j in unit) for unit in units]
+    protected = {len(units) - 1}
     with_image = [i for i, unit in enumerate(units) if any(messages[j].images for j in unit)]
     if with_image:
         protected.add(with_image[-1])
-    system_tokens, system_chars = estimate_tokens(system), len(system)
     wanted = int(params.get("max_tokens") or DEFAULT_OUTPUT_TOKENS)
+    tokens = estimate_tokens(system) + sum(unit_tokens)
+    chars = len(system) + sum(unit_chars)
 
-    def input_tokens(kept: list[int]) -> int:
-        return system_tokens + sum(costs[j] for i in kept for j in units[i])
-
-    def input_chars(kept: list[int]) -> int:
-        return system_chars + sum(chars[j] for i in kept for j in units[i])
-
-    def fits(kept: list[int], output: int) -> bool:
-        return (not window or input_tokens(kept) + output <= window) and (
-            not max_chars or input_chars(kept) <= max_chars)
+    def fits(output: int) -> bool:
+        return (not window or tokens + output <= window) and (
+            not max_chars or chars <= max_chars)
 
     # History goes first: the oldest turns are left out while the input and the output asked
     # for do not fit together.
-    kept = list(range(len(units)))
-    while not fits(kept, wanted):
-        droppable = _droppable(kept, protected)
-        if droppable is None:
+    dropped_units: set[int] = set()
+    for index in range(len(units)):
+        if fits(wanted):
             break
-        kept.remove(droppable)
+        if index not in protected:
+            dropped_units.add(index)
+            tokens -= unit_tokens[index]
+            chars -= unit_chars[index]
     # Then the output: reduced when the window is nearly full, never below MIN_OUTPUT_TOKENS.
-    if not fits(kept, min(wanted, MIN_OUTPUT_TOKENS)):
-        raise too_long(model, tokens=input_tokens(kept), chars=input_chars(kept))
-    if not fits(kept, wanted) and "max_tokens" in model.param_specs():
-        params["max_tokens"] = window - input_tokens(kept)
-    indexes = [j for i in kept for j in units[i]]
+    if not fits(min(wanted, MIN_OUTPUT_TOKENS)):
+        raise too_long(model, tokens=tokens, chars=chars)
+    if not fits(wanted) and "max_tokens" in model.param_specs():
+        params["max_tokens"] = window - tokens
+    indexes = [j for i, unit in enumerate(units) if i not in dropped_units for j in unit]
     dropped = len(messages) - len(indexes)
     return Fitted(tuple(messages[j] for j in indexes), params, dropped)
-
-
-def _droppable(kept: list[int], protected: set[int]) -> int | None:
-    """The oldest unit that may be left out."""
-    return next((i for i in kept if i not in protected), None)

@@ -30,6 +30,7 @@ class Conversation(models.Model):
     params = models.JSONField(_("parameters"), default=dict, blank=True)
     pinned = models.BooleanField(_("pinned"), default=False)
     archived = models.BooleanField(_("archived"), default=False)
+    imported = models.BooleanField(_("imported"), default=False)
     # The tip of the branch the user looks at; walking `parent` up from it gives the thread.
     active_leaf = models.ForeignKey("Message", on_delete=models.SET_NULL, null=True, blank=True,
                                     related_name="+")
@@ -127,6 +128,23 @@ class Message(models.Model):
             MessageStatus.FAILED, MessageStatus.STOPPED, MessageStatus.INTERRUPTED)
 
 
+class UserPreferences(models.Model):
+    """What a user chose once and expects remembered (the default model of a new chat)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                                related_name="chat_preferences")
+    default_model = models.ForeignKey(ModelConfig, on_delete=models.SET_NULL, null=True,
+                                      blank=True, related_name="+",
+                                      verbose_name=_("default model"))
+
+    class Meta:
+        verbose_name = _("preferences")
+        verbose_name_plural = _("preferences")
+
+    def __str__(self) -> str:
+        return str(self.user)
+
+
 class TeamSettings(models.Model):
     """Per-team switches; a team is a Django group."""
 
@@ -184,6 +202,10 @@ class UsageRecord(models.Model):
         WEB = "web", _("web")
         API = "api", _("API")
 
+    class Purpose(models.TextChoices):
+        ANSWER = "answer", _("answer")
+        TITLE = "title", _("title")
+
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
                              related_name="usage_records")
     team = models.ForeignKey(Group, on_delete=models.SET_NULL, null=True, blank=True,
@@ -192,6 +214,10 @@ class UsageRecord(models.Model):
     message = models.OneToOneField(Message, on_delete=models.SET_NULL, null=True, blank=True,
                                    related_name="usage")
     source = models.CharField(max_length=8, choices=Source.choices, default=Source.WEB)
+    # A title call has no message of its own; it keeps its conversation instead.
+    purpose = models.CharField(max_length=8, choices=Purpose.choices, default=Purpose.ANSWER)
+    conversation = models.ForeignKey(Conversation, on_delete=models.SET_NULL, null=True,
+                                     blank=True, related_name="+")
     started_at = models.DateTimeField(auto_now_add=True, db_index=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     status = models.CharField(max_length=12, default="running")

@@ -282,6 +282,12 @@ class ModelConfig(models.Model):
         help_text=_("Leave empty to make the model visible to every user."),
     )
     sort_order = models.PositiveSmallIntegerField(default=0)
+    # Writes conversation titles after the first answer. None chosen: the cheapest enabled
+    # text model does it.
+    for_titles = models.BooleanField(
+        _("writes conversation titles"), default=False,
+        help_text=_("The model that names new conversations. When none is chosen, the "
+                    "cheapest enabled text model does."))
 
     objects = ModelConfigQuerySet.as_manager()
 

@@ -51,7 +51,12 @@ demo: install migrate assets
 	echo "Llama Chat on the emulators: http://$(HOST):$(PORT)/" && \
 	$(EMULATOR_ENV) SITE_URL=$${SITE_URL:-http://$(HOST):$(PORT)} DRAIN_SECONDS=$${DRAIN_SECONDS:-5} $(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
 
-test: install-dev
+# axe-core for the accessibility browser tests (package.json pins it; nothing here is served).
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test: install-dev node_modules/.installed
 	$(PY) manage.py compile_translations
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -1,0 +1,164 @@
+"""The page layout as a person sees it: banners never push the composer off-screen, and the
+sidebar runs the full height of the window, on a desktop and on a phone.
+
+The banners are made the way a user meets them: the welcome after creating the first
+administrator, a budget warning after sending with a budget nearly used up, "share link
+created" after making a share link. The requests that queue them do not follow their redirect,
+so all of them are still waiting when the conversation page opens. This module runs its own
+server process: the welcome is shown once per process (its bootstrap check is cached).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from conversations.models import Budget, Conversation, Message, MessageStatus, UsageRecord
+from tests.conftest import ARTIFACTS, PASSWORD, ServerProcess, child_env, screenshot
+from tests.support import model
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+LONG_ANSWER = "\n\n".join(
+    f"Paragraph {n}: llamas are social animals and live in herds. " * 3 for n in range(6))
+
+
+@pytest.fixture(scope="module")
+def fresh_app(django_db_setup: Any, django_db_blocker: Any) -> Iterator[ServerProcess]:
+    with django_db_blocker.unblock():
+        env = child_env()
+    server = ServerProcess(env, ARTIFACTS / "logs" / "daphne-layout.log")
+    yield server
+    server.stop()
+
+
+def _csrf(page: Any) -> str:
+    return next(c["value"] for c in page.context.cookies() if c["name"] == "csrftoken")
+
+
+def _post(page: Any, url: str, data: dict[str, str]) -> None:
+    """A form post that queues a flash message without showing the page that would use it."""
+    response = page.request.post(url, form={"csrfmiddlewaretoken": _csrf(page), **data},
+                                 max_redirects=0)
+    assert response.status == 302, (url, response.status, response.text()[:300])
+
+
+def _long_conversation(user: Any, turns: int = 25) -> Conversation:
+    llama = model("llama-3.2-3b")
+    conversation = Conversation.objects.create(owner=user, model=llama, title="A long talk")
+    parent = None
+    seq = 1
+    for n in range(turns):
+        prompt = Message.objects.create(
+            conversation=conversation, parent=parent, seq=seq, role=Message.Role.USER,
+            author=user, client_id=uuid.uuid4(), content=f"Question {n} about llamas?",
+            status=MessageStatus.COMPLETE)
+        parent = Message.objects.create(
+            conversation=conversation, parent=prompt, seq=seq + 1,
+            role=Message.Role.ASSISTANT, model=llama, content=LONG_ANSWER,
+            status=MessageStatus.COMPLETE, finish_reason="stop")
+        seq += 2
+    conversation.active_leaf = parent
+    conversation.next_seq = seq
+    conversation.save()
+    return conversation
+
+
+def _in_viewport(page: Any, selector: str) -> None:
+    box = page.locator(selector).bounding_box()
+    size = page.viewport_size
+    assert box is not None, f"{selector} is not rendered"
+    assert box["y"] >= 0 and box["y"] + box["height"] <= size["height"] + 0.5, (
+        f"{selector} at y={box['y']:.0f}..{box['y'] + box['height']:.0f} is outside the "
+        f"{size['width']}x{size['height']} viewport")
+    assert box["x"] >= 0 and box["x"] + box["width"] <= size["width"] + 0.5, (selector, box)
+
+
+def _sidebar_reaches_the_bottom(page: Any) -> None:
+    box = page.locator("#sidebar").bounding_box()
+    height = page.viewport_size["height"]
+    assert box is not None
+    assert box["y"] + box["height"] >= height - 0.5, (
+        f"the sidebar stops at {box['y'] + box['height']:.0f}px of {height}px")
+
+
+def _open_drawer(page: Any) -> None:
+    page.locator(".pane-head .drawer-toggle").click()
+    page.wait_for_timeout(350)  # the slide-in transition
+
+
+def test_banners_never_push_the_composer_off_screen(fresh_app: Any, emulated: Any,
+                                                     browser: Any) -> None:
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    base = fresh_app.url
+    # The welcome banner: the first administrator is created through the setup page.
+    page.goto(base + "/setup/")
+    _post(page, base + "/setup/", {"username": "root", "email": "root@example.com",
+                                   "password1": PASSWORD, "password2": PASSWORD})
+    admin = get_user_model().objects.get(username="root")
+    conversation = _long_conversation(admin)
+    # The budget warning: a budget 90% used, then a message sent from the plain form.
+    Budget.objects.create(user=admin, max_tokens=1000, warn_percent=80)
+    UsageRecord.objects.create(user=admin, model=conversation.model, status="complete",
+                               prompt_tokens=400, completion_tokens=500)
+    _post(page, f"{base}/c/{conversation.pk}/messages/",
+          {"text": "One more [[emu:tokens n=3]]", "client_id": str(uuid.uuid4())})
+    # "Share link created": a share made from the settings page.
+    _post(page, f"{base}/c/{conversation.pk}/share/", {"live": "1"})
+
+    page.goto(f"{base}/c/{conversation.pk}/")
+    flashes = page.locator(".flash").all_inner_texts()
+    assert len(flashes) == 3, flashes
+    assert any("Welcome" in text for text in flashes)
+    assert any("budget" in text for text in flashes)
+    assert any("Share link created" in text for text in flashes)
+    page.wait_for_selector('.msg-assistant:last-of-type[data-status="complete"]')
+    screenshot(page, "layout-banners-desktop")
+    _in_viewport(page, "#composer [data-send]")
+    _in_viewport(page, "#composer-text")
+    _sidebar_reaches_the_bottom(page)
+
+    page.set_viewport_size(PHONE)
+    page.wait_for_timeout(100)
+    screenshot(page, "layout-banners-phone")
+    _in_viewport(page, "#composer [data-send]")
+    _in_viewport(page, "#composer-text")
+    _open_drawer(page)
+    _sidebar_reaches_the_bottom(page)
+    context.close()
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_long_pages_scroll_inside_and_the_sidebar_spans_the_window(
+        fresh_app: Any, emulated: Any, browser: Any, viewport: dict[str, int]) -> None:
+    """A settings page with many share links and a flash message: the page can be read to its
+    end, and the sidebar runs to the bottom of the window wherever the reader scrolled."""
+    user = get_user_model().objects.create_user("alice", "alice@example.com", PASSWORD)
+    conversation = _long_conversation(user, turns=2)
+    context = browser.new_context(viewport=viewport)
+    page = context.new_page()
+    base = fresh_app.url
+    page.goto(base + "/accounts/login/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(base + "/")
+    for _ in range(12):
+        _post(page, f"{base}/c/{conversation.pk}/share/", {"anonymous": "1"})
+    page.goto(f"{base}/c/{conversation.pk}/settings/")
+    assert page.locator(".flash").count() == 12
+    last = page.locator(".share-list li").last
+    last.scroll_into_view_if_needed()
+    _in_viewport(page, ".share-list li >> nth=-1")
+    if viewport is PHONE:
+        _open_drawer(page)
+    _sidebar_reaches_the_bottom(page)
+    screenshot(page, f"layout-long-settings-{'phone' if viewport is PHONE else 'desktop'}")
+    context.close()

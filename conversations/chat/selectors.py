@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import datetime
 import uuid
+import zoneinfo
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from django.core.paginator import Page, Paginator
-from django.db.models import Q, QuerySet
+from django.db.models import OuterRef, Q, QuerySet, Subquery
+from django.utils import timezone
+from django.utils.formats import date_format
+from django.utils.html import escape, format_html
+from django.utils.safestring import SafeString
+from django.utils.translation import gettext as _
 
 from conversations.access import conversations_visible_to
-from conversations.models import Conversation, Message
+from conversations.models import Conversation, Message, UserPreferences
 from conversations.tree import NO_BOUND, path_up
+from providers.models import ModelConfig
 
 PAGE_SIZE = 50
 LIST_PAGE_SIZE = 30
@@ -27,8 +36,161 @@ def conversation_list_for_user(user: Any, *, query: str = "", archived: bool = F
         matching_messages = Message.objects.filter(content__icontains=query).values(
             "conversation_id")
         qs = qs.filter(Q(title__icontains=query) | Q(pk__in=matching_messages))
+        # The first matching message of each conversation, in the same query (its snippet).
+        qs = qs.annotate(match_text=Subquery(
+            Message.objects.filter(conversation=OuterRef("pk"), content__icontains=query)
+            .order_by("seq").values("content")[:1]))
     qs = qs.order_by("-pinned", "-updated_at").distinct()
     return Paginator(qs, LIST_PAGE_SIZE).get_page(page)
+
+
+# --- the sidebar ----------------------------------------------------------------------------
+SNIPPET_BEFORE = 40
+SNIPPET_AFTER = 90
+
+
+def highlight(text: str, query: str) -> SafeString:
+    """`text` escaped, with the first case-insensitive match of `query` wrapped in <mark>.
+
+    Only our own <mark> tags are markup: every piece of the user's text is escaped first.
+    """
+    index = text.casefold().find(query.casefold()) if query else -1
+    # casefold may change lengths (ß -> ss); fall back to lower() positions then.
+    if index >= 0 and len(text.casefold()) != len(text):
+        index = text.lower().find(query.lower())
+    if index < 0:
+        return escape(text)
+    end = index + len(query)
+    return format_html("{}<mark>{}</mark>{}", text[:index], text[index:end], text[end:])
+
+
+def snippet(text: str, query: str) -> SafeString:
+    """A short, one-line piece of a message around the match, the match highlighted."""
+    flat = " ".join(text.split())
+    index = flat.lower().find(query.lower())
+    if index < 0:
+        return escape(flat[:SNIPPET_BEFORE + SNIPPET_AFTER])
+    start = max(0, index - SNIPPET_BEFORE)
+    end = min(len(flat), index + len(query) + SNIPPET_AFTER)
+    piece = flat[start:end]
+    return format_html("{}{}{}", "…" if start else "", highlight(piece, query),
+                       "…" if end < len(flat) else "")
+
+
+@dataclass
+class SidebarRow:
+    conversation: Conversation
+    title_html: SafeString
+    snippet_html: SafeString | None
+    own: bool
+
+
+@dataclass
+class SidebarGroup:
+    key: str
+    label: str
+    rows: list[SidebarRow]
+
+
+def user_zone(name: str | None) -> datetime.tzinfo:
+    """The browser's time zone (an IANA name) when it is a real one; the site's otherwise."""
+    if name:
+        try:
+            return zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            pass
+    return timezone.get_current_timezone()
+
+
+def _group_of(updated: datetime.datetime, today: datetime.date, zone: datetime.tzinfo
+              ) -> tuple[str, str]:
+    day = timezone.localtime(updated, zone).date()
+    age = (today - day).days
+    if age <= 0:
+        return "today", _("Today")
+    if age == 1:
+        return "yesterday", _("Yesterday")
+    if age <= 7:
+        return "week", _("Previous 7 days")
+    if age <= 30:
+        return "month", _("Previous 30 days")
+    return f"{day:%Y-%m}", date_format(day, "YEAR_MONTH_FORMAT")
+
+
+def sidebar_groups(user: Any, page: Page, *, query: str = "", zone: datetime.tzinfo | None = None,
+                   now: datetime.datetime | None = None) -> list[SidebarGroup]:
+    """The page's conversations in groups: pinned, then by age in the reader's time zone
+    (today, yesterday, previous 7 days, previous 30 days, then by month). No query of its
+    own: everything comes from the page's one query."""
+    zone = zone or timezone.get_current_timezone()
+    today = timezone.localtime(now or timezone.now(), zone).date()
+    query = query.strip()[:200]
+    groups: list[SidebarGroup] = []
+    for conversation in page:
+        if conversation.pinned:
+            key, label = "pinned", _("Pinned")
+        else:
+            key, label = _group_of(conversation.updated_at, today, zone)
+        if not groups or groups[-1].key != key:
+            groups.append(SidebarGroup(key, label, []))
+        match = getattr(conversation, "match_text", None)
+        groups[-1].rows.append(SidebarRow(
+            conversation=conversation,
+            title_html=highlight(conversation.display_title, query),
+            snippet_html=snippet(match, query) if query and match else None,
+            own=conversation.owner_id == getattr(user, "pk", None)))
+    return groups
+
+
+# --- models a user may pick -----------------------------------------------------------------
+def _money(value: Decimal) -> str:
+    if value >= Decimal("0.01"):
+        return str(value.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+    return format(value.normalize(), "f")
+
+
+def price_hint(model: ModelConfig) -> str:
+    """E.g. "$0.05 / $0.34 per M tokens" (input / output), or "free"."""
+    if not model.price_input_per_mtok and not model.price_output_per_mtok:
+        return _("free")
+    if model.currency == "USD":
+        pair = f"${_money(model.price_input_per_mtok)} / ${_money(model.price_output_per_mtok)}"
+    else:
+        pair = (f"{_money(model.price_input_per_mtok)} / {_money(model.price_output_per_mtok)}"
+                f" {model.currency}")
+    return _("%(prices)s per M tokens") % {"prices": pair}
+
+
+@dataclass
+class ModelChoice:
+    model: ModelConfig
+    provider: str
+    price: str
+
+    @property
+    def kind(self) -> str:
+        return "vision" if self.model.vision else "text"
+
+    @property
+    def label(self) -> str:
+        ability = _("vision") if self.model.vision else _("text")
+        return " · ".join([self.model.display_name, self.provider, ability, self.price])
+
+
+def model_choices(user: Any) -> list[ModelChoice]:
+    """The models a user may use (one query), grouped by provider, with their price hints."""
+    models = ModelConfig.objects.visible_to(user).order_by("provider__kind", "sort_order")
+    return [ModelChoice(m, m.provider.name, price_hint(m)) for m in models]
+
+
+def default_model_for(user: Any, choices: list[ModelChoice]) -> ModelConfig | None:
+    """The user's remembered default when they may still use it, else the first choice."""
+    preferred = (UserPreferences.objects.filter(user=user).values_list("default_model_id",
+                                                                         flat=True).first())
+    for choice in choices:
+        if choice.model.pk == preferred:
+            return choice.model
+    return choices[0].model if choices else None
 
 
 @dataclass

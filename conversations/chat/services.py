@@ -19,8 +19,14 @@ from conversations import events
 from conversations.answers import drain, jobs
 from conversations.answers.budget import check_prompt
 from conversations.errors import ServiceError
-from conversations.images.attachments import attach
-from conversations.models import ACTIVE_STATUSES, Conversation, Message, MessageStatus
+from conversations.images.attachments import attach, images_in_branch
+from conversations.models import (
+    ACTIVE_STATUSES,
+    Conversation,
+    Message,
+    MessageStatus,
+    UserPreferences,
+)
 from conversations.sharing.links import share_group
 from conversations.tree import latest_leaf_under
 from conversations.usage import accounting
@@ -292,3 +298,47 @@ def conversation_delete(conversation: Conversation) -> None:
 
     conversation.delete()
     transaction.on_commit(after)
+
+
+def remember_default_model(user: Any, model: ModelConfig) -> None:
+    """The model a user last picked becomes the one their next new chat starts with."""
+    UserPreferences.objects.update_or_create(user=user, defaults={"default_model": model})
+
+
+@dataclass
+class SwitchResult:
+    model: ModelConfig
+    notes: list[str] = field(default_factory=list)  # what the next message should know
+
+
+def switch_model(user: Any, conversation: Conversation, model: ModelConfig | None
+                 ) -> SwitchResult:
+    """The model for the next answer of this conversation (earlier answers keep theirs).
+
+    Whoever may continue the conversation may switch (the caller checked Access.CONTINUE).
+    A model the user may not use is refused and nothing changes. A model that needs an image
+    is taken even when the branch holds none: the next message must bring one (said in the
+    notes). A text model after images is taken too: the images stay in the thread and are sent
+    to it as "[image]" markers (answers/history.py).
+    """
+    model = _check_model(user, model)
+    with transaction.atomic():
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        params = {k: v for k, v in locked.params.items() if k in model.param_specs()}
+        locked.model, locked.params = model, params
+        locked.save(update_fields=["model", "params", "updated_at"])
+        remember_default_model(user, model)
+        title = locked.display_title
+        transaction.on_commit(lambda: events.publish_sync(
+            events.conversation_group(locked.pk), events.conversation_changed(title)))
+    conversation.model, conversation.params = model, params
+    stored, _expired = images_in_branch(conversation.pk, conversation.active_leaf_id)
+    has_images = stored or _expired
+    notes: list[str] = []
+    if model.requires_image and not stored:
+        notes.append(_("%(model)s needs an image: attach one to your next message.")
+                     % {"model": model.display_name})
+    elif not model.vision and has_images:
+        notes.append(_("%(model)s reads text only: the images in this conversation are sent "
+                       "to it as “[image]”.") % {"model": model.display_name})
+    return SwitchResult(model, notes)

@@ -139,7 +139,7 @@ def import_conversation(user: Any, raw: bytes) -> Conversation:
     conversation = Conversation.objects.create(
         owner=user, model=model, title=_text(data.get("title"), 200),
         title_is_auto=False, system_prompt=_text(data.get("system_prompt"), 20_000),
-        params={})
+        params={}, imported=True)
     ids: dict[str, Message] = {}
     seq = 0
     for row in rows:

@@ -24,13 +24,20 @@ class TokenForm(forms.Form):
         widget=forms.TextInput(attrs={"autocomplete": "off"}))
 
 
+SESSION_KEY = "api_token_created"
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
-@sensitive_variables("created")
+@sensitive_variables("created", "shown")
 def token_list(request: HttpRequest) -> HttpResponse:
-    """GET lists the tokens; POST creates one and shows it on this response only."""
+    """GET lists the tokens; POST creates one and redirects (POST-redirect-GET).
+
+    The new token's plaintext crosses the redirect in the session and is taken out of it by
+    the next GET: it is shown once, and reloading that page neither shows it again nor makes
+    a second token.
+    """
     form = TokenForm(request.POST or None)
-    created = None
     if request.method == "POST" and form.is_valid():
         try:
             created = tokens.create_token(request.user, form.cleaned_data["name"],
@@ -38,10 +45,15 @@ def token_list(request: HttpRequest) -> HttpResponse:
         except tokens.TokenRefused as exc:
             form.add_error("name", str(exc))
         else:
-            form = TokenForm()
+            request.session[SESSION_KEY] = {"name": created.token.name,
+                                            "secret": created.secret}
+            return redirect("api_tokens")
+    shown = request.session.pop(SESSION_KEY, None) if request.method == "GET" else None
+    new_token = ({"token": {"name": shown.get("name", "")}, "secret": shown.get("secret", "")}
+                 if isinstance(shown, dict) else None)
     response = render(request, "account/tokens.html", {
         "form": form,
-        "new_token": created,
+        "new_token": new_token,
         "tokens": tokens.tokens_of(request.user),
         "api_base": f"{settings.SITE_URL.rstrip('/')}/v1",
         "max_tokens": tokens.MAX_ACTIVE_TOKENS,

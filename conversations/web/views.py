@@ -14,6 +14,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_POST
 
 from conversations import audit
@@ -61,25 +62,55 @@ def _attachment_ids(request: HttpRequest) -> list[uuid.UUID]:
 
 def _list_context(request: HttpRequest, current: Conversation | None = None) -> dict[str, Any]:
     archived = request.GET.get("archived") == "1"
-    query = request.GET.get("q", "")
+    query = request.GET.get("q", "").strip()[:200]
     page = selectors.conversation_list_for_user(request.user, query=query, archived=archived,
                                                 page=request.GET.get("page", 1))
-    return {"page": page, "query": query, "archived": archived, "current": current}
+    # The browser's time zone (nav.js keeps it in a cookie) decides what "today" is.
+    zone = selectors.user_zone(request.COOKIES.get("tz"))
+    groups = selectors.sidebar_groups(request.user, page, query=query, zone=zone)
+    return {"page": page, "groups": groups, "query": query, "archived": archived,
+            "current": current, "next_url": request.get_full_path()}
 
 
 def _models_context(user: Any) -> dict[str, Any]:
-    models = list(ModelConfig.objects.visible_to(user).order_by("provider__kind", "sort_order"))
+    choices = selectors.model_choices(user)
+    models = [choice.model for choice in choices]
     groups: dict[str, list[ModelConfig]] = {}
-    for model in models:
-        groups.setdefault(model.provider.name, []).append(model)
-    return {"model_groups": groups, "models": models, "param_fields": param_fields(models)}
+    choice_groups: dict[str, list[selectors.ModelChoice]] = {}
+    for choice in choices:
+        groups.setdefault(choice.provider, []).append(choice.model)
+        choice_groups.setdefault(choice.provider, []).append(choice)
+    return {"model_groups": groups, "models": models, "model_choices": choices,
+            "model_choice_groups": choice_groups, "param_fields": param_fields(models)}
+
+
+# A few first prompts for a new chat, by what the chosen model reads.
+EXAMPLE_PROMPTS = {
+    "text": [
+        gettext_lazy("Explain the difference between a llama and an alpaca in three bullet "
+                     "points."),
+        gettext_lazy("Write a short, friendly email asking a colleague to review my pull "
+                     "request."),
+        gettext_lazy("Give me a Python function that checks whether a string is a "
+                     "palindrome, with tests."),
+    ],
+    "vision": [
+        gettext_lazy("Describe this image in two sentences."),
+        gettext_lazy("What text can you read in this picture?"),
+        gettext_lazy("List the objects you see in this photo and where they are."),
+    ],
+}
 
 
 @login_required
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    context = {**_list_context(request), **_models_context(request.user),
-               "form": NewConversationForm(user=request.user)}
+    models = _models_context(request.user)
+    default = selectors.default_model_for(request.user, models["model_choices"])
+    form = NewConversationForm(user=request.user,
+                               initial={"model": default.slug if default else None})
+    context = {**_list_context(request), **models, "form": form,
+               "example_prompts": EXAMPLE_PROMPTS}
     return render(request, "conversations/home.html", context)
 
 
@@ -99,10 +130,12 @@ def conversation_new(request: HttpRequest) -> HttpResponse:
         except ServiceError as exc:
             form.add_error(None, exc.message)
         else:
+            services.remember_default_model(request.user, conversation.model)
             for warning in result.warnings:
                 flash.warning(request, warning)
             return redirect("conversation", conversation_id=conversation.pk)
-    context = {**_list_context(request), **_models_context(request.user), "form": form}
+    context = {**_list_context(request), **_models_context(request.user), "form": form,
+               "example_prompts": EXAMPLE_PROMPTS}
     return render(request, "conversations/home.html", context, status=400 if form.errors else 200)
 
 
@@ -118,9 +151,12 @@ def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
     # The composer asks for an image only when the model needs one and none is stored yet.
     needs_image = conversation.model.requires_image and not stored_image_in_branch(
         conversation.pk, conversation.active_leaf_id)
+    can_continue = access >= Access.CONTINUE
     context = {**_list_context(request, conversation), "conversation": conversation,
                "thread": selectors.thread(conversation), "access": access,
                "needs_image": needs_image,
+               "model_choice_groups": (_models_context(request.user)["model_choice_groups"]
+                                       if can_continue else {}),
                "can_continue": access >= Access.CONTINUE, "can_manage": access >= Access.MANAGE}
     return render(request, "conversations/conversation.html", context)
 
@@ -242,6 +278,49 @@ def message_switch(request: HttpRequest, conversation_id: uuid.UUID,
 
 @login_required
 @require_POST
+def conversation_model(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
+    """The model for the next answer: whoever may continue the conversation may switch it."""
+    conversation = get_conversation_for(request.user, conversation_id, Access.CONTINUE)
+    fallback = reverse("conversation", args=[conversation.pk])
+    slug = request.POST.get("model", "")
+    model = ModelConfig.objects.filter(slug=slug).first() if slug else None
+    try:
+        result = services.switch_model(request.user, conversation, model)
+    except ServiceError as exc:
+        return _error(request, exc, fallback)
+    message = _("The next answer comes from %(model)s.") % {"model": result.model.display_name}
+    if _wants_json(request):
+        needs_image = result.model.requires_image and not stored_image_in_branch(
+            conversation.pk, conversation.active_leaf_id)
+        return JsonResponse({"model": {
+            "slug": result.model.slug, "name": result.model.display_name,
+            "vision": result.model.vision, "requires_image": needs_image,
+            "max_images": result.model.max_images}, "message": message, "notes": result.notes})
+    flash.success(request, message)
+    for note in result.notes:
+        flash.warning(request, note)
+    return redirect(fallback)
+
+
+@login_required
+@require_GET
+def sidebar_fragment(request: HttpRequest) -> HttpResponse:
+    """The sidebar alone, for nav.js to refresh it after a row action without a reload."""
+    current = None
+    if request.GET.get("current"):
+        try:
+            current = get_conversation_for(request.user, request.GET["current"], Access.READ)
+        except Http404:
+            current = None
+    context = _list_context(request, current)
+    # The row forms come back to the page the sidebar is on, not to this fragment.
+    context["next_url"] = (reverse("conversation", args=[current.pk]) if current
+                           else reverse("home"))
+    return render(request, "conversations/_sidebar.html", context)
+
+
+@login_required
+@require_POST
 def conversation_update(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
     conversation = get_conversation_for(request.user, conversation_id, Access.MANAGE)
     post = request.POST
@@ -293,6 +372,8 @@ def conversation_delete(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
     conversation = get_conversation_for(request.user, conversation_id, Access.MANAGE)
     if request.method == "POST":
         services.conversation_delete(conversation)
+        if _wants_json(request):
+            return JsonResponse({"deleted": True})
         flash.success(request, _("Conversation deleted."))
         return redirect("home")
     return render(request, "conversations/delete.html",

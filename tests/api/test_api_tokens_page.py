@@ -25,8 +25,9 @@ def signed_in(user: Any) -> Client:
 
 
 def create(client: Client, name: str = "nightly-cron") -> str:
-    response = client.post(PAGE, {"name": name})
+    response = client.post(PAGE, {"name": name}, follow=True)  # POST-redirect-GET
     assert response.status_code == 200
+    assert response.redirect_chain == [(PAGE, 302)]
     found = TOKEN.findall(response.content.decode())
     assert len(set(found)) == 1, "the new token is shown exactly once"
     assert response["Cache-Control"] == "no-store"

@@ -345,6 +345,7 @@ X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
+CSRF_FAILURE_VIEW = "chatsite.error_pages.csrf_failure"  # the layout, both languages, JSON
 _secure_default = PRODUCTION
 SESSION_COOKIE_SECURE = env_bool(ENV, "SECURE_COOKIES", _secure_default)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE

@@ -27,6 +27,17 @@ def js_strings() -> dict[str, str]:
         "accepts_images": _("This model accepts images."),
         "text_only_short": _("Text only: this model does not take images."),
         "remove_image": _("Remove image"),
+        # the chat page's live announcements and keyboard shortcuts (static/js/shortcuts.js)
+        "answer_started": _("Writing an answer…"), "answer_finished": _("The answer is finished."),
+        "answer_stopped": _("The answer was stopped."),
+        "answer_failed": _("The answer failed."),
+        "answer_interrupted": _("The answer was interrupted."),
+        "answer_copied": _("The last answer was copied."),
+        "copy_failed": _("Copying failed."),
+        "shortcuts_title": _("Keyboard shortcuts"), "close": _("Close"), "or": _("or"),
+        "shortcut_new_chat": _("New chat"), "shortcut_focus": _("Go to the message box"),
+        "shortcut_stop": _("Stop the answer being written"),
+        "shortcut_copy": _("Copy the last answer"), "shortcut_help": _("Show these shortcuts"),
     }
 
 

@@ -2,6 +2,8 @@
 // Protocol: docs/protocol.md. No inline handlers (strict CSP), no build step.
 import { t } from "./i18n.js";
 import { applyDelta as applyText } from "./stream.js";
+import { renderTail } from "./tail.js";
+import { announce, cancelEdit, focusComposer } from "./shortcuts.js";
 
 const csrf = () => document.cookie.split("; ").find((c) => c.startsWith("csrftoken="))?.split("=")[1] || "";
 const uuid = () => (crypto.randomUUID ? crypto.randomUUID() : "10000000-1000-4000-8000-100000000000".replace(/[018]/g, (c) => (c ^ (crypto.getRandomValues(new Uint8Array(1))[0] & (15 >> (c / 4)))).toString(16)));
@@ -63,7 +65,7 @@ for (const select of document.querySelectorAll("[data-model-select]")) {
 }
 
 // Enter sends, Shift+Enter makes a new line.
-for (const textarea of document.querySelectorAll("[data-composer], .edit-form textarea")) {
+function enterSends(textarea) {
   textarea.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
@@ -71,15 +73,24 @@ for (const textarea of document.querySelectorAll("[data-composer], .edit-form te
     }
   });
 }
+for (const textarea of document.querySelectorAll("[data-composer]")) enterSends(textarea);
 for (const input of document.querySelectorAll("[data-client-id]")) input.value = uuid();
 
 // --- the conversation ---------------------------------------------------------------------
 const root = document.getElementById("messages");
 if (root) new Conversation(root);
+focusComposer();
 
 function Conversation(root) {
+  // The composer's state has one source of truth: `posting` (our POST is in flight) and
+  // `running` (the seq of the answer being written in this conversation, or null). Send and
+  // Stop are derived from these two in `showControls` and nowhere else. An answer's end is
+  // remembered in `ended` whatever the order things arrive in: the final `state` frame can
+  // come before the reply to our own POST has put the answer on the page (a fast answer), and
+  // must then free the composer all the same.
   const streams = new Map(); // seq -> {el, text, upto}
-  const endedEarly = new Set(); // seqs whose final state arrived before their element
+  const ended = new Set(); // seqs whose final state has arrived
+  const deferredNew = []; // "new" frames that came while our POST was in flight
   const composer = document.getElementById("composer");
   const stopButton = composer?.querySelector("[data-stop]");
   const sendButton = composer?.querySelector("[data-send]");
@@ -90,15 +101,36 @@ function Conversation(root) {
   let acked = 0;
   let retry = 0;
   let triedAfterSessionEnd = false;
-  let activeSeq = null;
+  let running = null;
+  let posting = false;
 
   const atBottom = () => root.scrollHeight - root.scrollTop - root.clientHeight < 80;
   const scrollDown = (force) => { if (force || atBottom()) root.scrollTop = root.scrollHeight; };
+
+  function showControls() {
+    if (stopButton) stopButton.hidden = running === null;
+    if (sendButton) sendButton.disabled = posting || running !== null;
+    composer?.toggleAttribute("data-busy", posting || running !== null);
+  }
+
+  function started(seq) {
+    if (ended.has(seq) || running === seq) return;
+    running = seq;
+    announce(t("answer_started"));
+    showControls();
+  }
+
+  function stopped(seq) {
+    ended.add(seq);
+    if (running === seq) running = null;
+    showControls();
+  }
 
   function bodyParts(el) {
     return { blocks: el.querySelector("[data-blocks]"), tail: el.querySelector("[data-tail]") };
   }
 
+  // Follow an answer being written: its text, and the composer is busy until it ends.
   function track(el) {
     const seq = Number(el.dataset.seq);
     const known = streams.get(seq);
@@ -109,26 +141,23 @@ function Conversation(root) {
     // The page carries the raw text written so far; offsets in deltas count from its start.
     const stream = { el, upto, text: known?.text || body.dataset.text || tail?.textContent || "" };
     streams.set(seq, stream);
-    activeSeq = seq;
-    setBusy(true);
+    started(seq);
+    render(stream);
     return stream;
-  }
-
-  function setBusy(busy) {
-    if (stopButton) stopButton.hidden = !busy;
-    if (sendButton) sendButton.disabled = busy;
   }
 
   function render(stream) {
     const { tail } = bodyParts(stream.el);
-    tail.hidden = false;
-    tail.textContent = stream.text.slice(stream.upto);
+    if (!tail) return;
+    const open = stream.text.slice(stream.upto);
+    tail.hidden = !open.trim();
+    renderTail(tail, open);
     scrollDown();
   }
 
   function applyDelta(seq, offset, text) {
     const stream = streams.get(seq);
-    if (!stream) { send({ type: "resync", seq }); return; }
+    if (!stream) { if (!ended.has(seq)) send({ type: "resync", seq }); return; }
     const next = applyText(stream.text, offset, text);
     if (next.result === "gap") { send({ type: "resync", seq }); return; }
     if (next.result === "duplicate") return;
@@ -140,30 +169,38 @@ function Conversation(root) {
     const stream = streams.get(seq);
     if (!stream || upto <= stream.upto) return;
     const { blocks } = bodyParts(stream.el);
-    blocks.insertAdjacentHTML("beforeend", html);
+    blocks.insertAdjacentHTML("beforeend", html); // the server's sanitised rendering
     stream.upto = upto;
     render(stream);
   }
 
   function applySnapshot(frame) {
+    if (ended.has(frame.seq)) return;
     let stream = streams.get(frame.seq);
     const el = document.getElementById(`m-${frame.seq}`);
     if (!el) return;
     if (!stream) stream = track(el);
     if (frame.text.length < stream.text.length && frame.upto <= stream.upto) return;
     stream.text = frame.text;
-    bodyParts(el).blocks.innerHTML = frame.html;
+    bodyParts(el).blocks.innerHTML = frame.html; // the server's sanitised rendering
     stream.upto = frame.upto;
     render(stream);
   }
 
   async function finish(frame) {
+    const first = !ended.has(frame.seq);
     const stream = streams.get(frame.seq);
     streams.delete(frame.seq);
-    if (activeSeq === frame.seq) { activeSeq = null; setBusy(false); }
-    const el = stream?.el || document.getElementById(`m-${frame.seq}`);
-    // A short answer can end before the reply to our own POST has put it on the page.
-    if (!el) { endedEarly.add(frame.seq); return; }
+    stopped(frame.seq);
+    if (first) {
+      const key = { complete: "answer_finished", stopped: "answer_stopped", interrupted: "answer_interrupted" }[frame.status] || "answer_failed";
+      announce(t(key));
+    }
+    const el = stream?.el?.isConnected ? stream.el : document.getElementById(`m-${frame.seq}`);
+    // A short answer can end before the reply to our own POST has put it on the page: the
+    // reply sees the seq in `ended` and shows the stored answer then.
+    if (!el) return;
+    el.dataset.status = frame.status;
     // Replace with the server's rendering of the stored message: exactly what a reload shows.
     await refreshMessage(el);
   }
@@ -173,29 +210,41 @@ function Conversation(root) {
     const response = await fetch(url, { credentials: "same-origin" });
     if (!response.ok) return;
     const fresh = htmlToElement(await response.text());
-    if (fresh) { el.replaceWith(fresh); wire(fresh); scrollDown(); }
+    if (!fresh || !el.isConnected) return;
+    const seq = Number(fresh.dataset.seq);
+    el.replaceWith(fresh);
+    wire(fresh);
+    // Fetched while it was still being written (the final frame is on its way): follow it.
+    if (["queued", "streaming"].includes(fresh.dataset.status) && !ended.has(seq)) {
+      track(fresh);
+      send({ type: "resync", seq });
+    }
+    scrollDown();
   }
 
   async function reloadThread() {
     const response = await fetch(root.dataset.threadUrl, { credentials: "same-origin" });
     if (!response.ok) return;
-    root.innerHTML = await response.text();
+    root.innerHTML = await response.text(); // the server's own rendering of the thread
     wire(root);
-    for (const el of root.querySelectorAll('.msg[data-status="queued"], .msg[data-status="streaming"]')) {
-      track(el);
-      send({ type: "resync", seq: Number(el.dataset.seq) });
-    }
+    followLive();
+    await imagesSized(root);
     scrollDown(true);
   }
 
-  function wire(scope) {
-    for (const form of scope.querySelectorAll("[data-regenerate]")) {
-      form.addEventListener("submit", async (event) => {
-        event.preventDefault();
-        try { await postForm(form.action, form); await reloadThread(); } catch (e) { showError(e.message); }
-      });
+  function followLive() {
+    for (const el of root.querySelectorAll('.msg[data-status="queued"], .msg[data-status="streaming"]')) {
+      const seq = Number(el.dataset.seq);
+      if (ended.has(seq)) { refreshMessage(el); continue; }
+      track(el);
+      send({ type: "resync", seq });
     }
-    for (const form of scope.querySelectorAll("[data-switch]")) {
+  }
+
+  function wire(scope) {
+    sizeImages(scope);
+    const forms = (selector) => [...(scope.matches?.(selector) ? [scope] : []), ...scope.querySelectorAll(selector)];
+    for (const form of forms("[data-regenerate], [data-switch]")) {
       form.addEventListener("submit", async (event) => {
         event.preventDefault();
         try { await postForm(form.action, form); await reloadThread(); } catch (e) { showError(e.message); }
@@ -203,9 +252,14 @@ function Conversation(root) {
     }
     for (const form of scope.querySelectorAll("[data-edit-form]")) {
       form.querySelector("[data-client-id]").value = uuid();
+      const details = form.closest("details");
+      const textarea = form.querySelector("textarea");
+      enterSends(textarea);
+      details?.addEventListener("toggle", () => { if (details.open) textarea.focus(); });
+      form.querySelector("[data-edit-cancel]")?.addEventListener("click", () => cancelEdit(details));
       form.addEventListener("submit", async (event) => {
         event.preventDefault();
-        try { await postForm(form.action, form); await reloadThread(); } catch (e) { showError(e.message); }
+        try { await postForm(form.action, form); await reloadThread(); focusComposer(true); } catch (e) { showError(e.message); }
       });
     }
     const older = scope.querySelector?.("[data-load-older]");
@@ -218,7 +272,8 @@ function Conversation(root) {
     if (!response.ok) return;
     const previousHeight = root.scrollHeight;
     const template = document.createElement("template");
-    template.innerHTML = await response.text();
+    template.innerHTML = await response.text(); // the server's own rendering
+    sizeImages(template.content);
     button.replaceWith(template.content);
     wire(root);
     root.scrollTop += root.scrollHeight - previousHeight;
@@ -235,10 +290,11 @@ function Conversation(root) {
     event.preventDefault();
     const textarea = composer.querySelector("[data-composer]");
     const hasImages = composer.querySelector('input[name="attachments"]');
-    if ((!textarea.value.trim() && !hasImages) || sendButton.disabled) return;
+    if ((!textarea.value.trim() && !hasImages) || posting || running !== null) return;
     const idField = composer.querySelector("[data-client-id]");
     showError("");
-    sendButton.disabled = true;
+    posting = true;
+    showControls();
     try {
       const data = await postForm(composer.action, composer);
       textarea.value = "";
@@ -249,24 +305,32 @@ function Conversation(root) {
       for (const part of [data.user, data.assistant]) {
         if (!document.getElementById(`m-${part.seq}`)) root.insertAdjacentHTML("beforeend", part.html);
       }
-      const el = document.getElementById(`m-${data.assistant.seq}`);
-      wire(el.parentElement === root ? el : root);
-      if (endedEarly.delete(data.assistant.seq) || !["queued", "streaming"].includes(el.dataset.status)) {
-        await refreshMessage(el);
+      const seq = data.assistant.seq;
+      const el = document.getElementById(`m-${seq}`);
+      wire(document.getElementById(`m-${data.user.seq}`) || root);
+      wire(el);
+      if (ended.has(seq) || !["queued", "streaming"].includes(el.dataset.status)) {
+        refreshMessage(el);
       } else {
         track(el);
         // Frames sent before the element existed were dropped: ask where the answer stands.
-        send({ type: "resync", seq: data.assistant.seq });
+        send({ type: "resync", seq });
       }
       scrollDown(true);
     } catch (e) {
       showError(e.message); // the text stays in the composer: nothing typed is lost
-      sendButton.disabled = false;
+    } finally {
+      posting = false;
+      showControls();
+      // Someone else's prompt (or ours, seen first on the socket) that is still not on the page.
+      const missing = deferredNew.splice(0).some((frame) => !document.getElementById(`m-${frame.assistant_seq}`));
+      if (missing) reloadThread();
     }
   });
 
   stopButton?.addEventListener("click", async () => {
-    const el = document.getElementById(`m-${activeSeq}`);
+    const el = document.getElementById(`m-${running}`);
+    focusComposer(true); // Stop goes away once the answer ends: keep the keyboard in the composer
     if (!el) return;
     try { await postForm(`${location.pathname}m/${el.dataset.id}/stop/`, null); } catch (e) { showError(e.message); }
   });
@@ -313,18 +377,18 @@ function Conversation(root) {
 
   function handle(frame) {
     switch (frame.type) {
-      case "hello":
-        for (const item of frame.active) {
-          const el = document.getElementById(`m-${item.seq}`);
-          if (el && !streams.has(item.seq)) track(el);
+      case "hello": {
+        const active = new Set(frame.active.map((item) => item.seq));
+        for (const seq of active) {
+          const el = document.getElementById(`m-${seq}`);
+          if (el && !streams.has(seq)) track(el);
         }
-        if (!frame.active.length && activeSeq !== null) {
-          // The answer ended while we were away: show the stored result.
-          const el = document.getElementById(`m-${activeSeq}`);
-          streams.delete(activeSeq); activeSeq = null; setBusy(false);
-          if (el) refreshMessage(el);
-        }
+        // Answers we followed that are no longer being written ended while we were away: the
+        // server answers a resync of an ended answer with its final state (then `finish`).
+        const followed = new Set([...streams.keys(), ...(running === null ? [] : [running])]);
+        for (const seq of followed) if (!active.has(seq)) send({ type: "resync", seq });
         break;
+      }
       case "snapshot": applySnapshot(frame); break;
       case "state":
         if (["complete", "stopped", "failed", "interrupted"].includes(frame.status)) finish(frame);
@@ -334,7 +398,10 @@ function Conversation(root) {
         }
         break;
       case "new":
-        if (!document.getElementById(`m-${frame.assistant_seq}`)) reloadThread();
+        // While our POST is in flight the "new" may be our own prompt: its reply puts it on
+        // the page; look again once it is back.
+        if (posting) deferredNew.push(frame);
+        else if (!document.getElementById(`m-${frame.assistant_seq}`)) reloadThread();
         break;
       case "conversation":
         if (frame.title) document.getElementById("conv-title").textContent = frame.title;
@@ -349,6 +416,34 @@ function Conversation(root) {
 
   wire(root);
   for (const el of root.querySelectorAll('.msg[data-status="queued"], .msg[data-status="streaming"]')) track(el);
+  showControls();
   scrollDown(true);
+  // Images have their boxes reserved from their stored size; once they are decoded, look again
+  // (a box the stored size could not reserve, a font that changed the text's height).
+  imagesSized(root).then(() => scrollDown(true));
   connect();
+}
+
+// --- images in messages: reserve each box from the stored width and height ------------------
+const IMAGE_BOX = 220; // px, the largest side of an image in a message (chat.css)
+
+function sizeImages(scope) {
+  for (const img of scope.querySelectorAll?.(".msg-images img") || []) {
+    const width = Number(img.getAttribute("width"));
+    const height = Number(img.getAttribute("height"));
+    if (!(width > 0 && height > 0)) continue;
+    const scale = Math.min(1, IMAGE_BOX / width, IMAGE_BOX / height);
+    img.style.width = `${Math.max(1, Math.round(width * scale))}px`;
+    img.style.height = `${Math.max(1, Math.round(height * scale))}px`;
+  }
+}
+
+function imagesSized(scope) {
+  const pending = [...scope.querySelectorAll(".msg-images img")].filter((img) => !img.complete);
+  const loaded = pending.map((img) => new Promise((resolve) => {
+    img.addEventListener("load", resolve, { once: true });
+    img.addEventListener("error", resolve, { once: true });
+  }));
+  // Lazy images far above never load on their own: their boxes are reserved anyway.
+  return Promise.race([Promise.all(loaded), new Promise((resolve) => setTimeout(resolve, 1500))]);
 }

@@ -14,42 +14,38 @@ $(PY):
 	$(PIP) install -q --upgrade pip
 
 # The stamp files make a second `make run` skip installation entirely.
+# pip's own chatter (setuptools deprecation notices of an editable install) goes to a log that
+# is shown only when the installation fails.
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PIP) install -q -e .
+	@echo "Installing Llama Chat into $(VENV) (once)..."
+	@mkdir -p var && $(PIP) install -q -e . > var/install.log 2>&1 || { cat var/install.log; exit 1; }
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PIP) install -q -e ".[dev]"
+	@echo "Installing Llama Chat and its test tools into $(VENV) (once)..."
+	@mkdir -p var && $(PIP) install -q -e ".[dev]" > var/install.log 2>&1 || { cat var/install.log; exit 1; }
 	@touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 migrate: install
-	$(PY) manage.py migrate --noinput -v 0
+	@$(PY) manage.py migrate --noinput -v 0
 
 assets: install
-	$(PY) manage.py compile_translations
-	$(PY) manage.py collectstatic --noinput -v 0
+	@$(PY) manage.py compile_translations > /dev/null
+	@$(PY) manage.py collectstatic --noinput -v 0
 
+# scripts/serve.py syncs the providers, starts daphne and prints one line once it listens
+# (with a hint to try `make demo` when no provider has keys). Ctrl-C drains for 5 s.
 run: install migrate assets
-	$(PY) manage.py sync_providers
-	@echo "Llama Chat on http://$(HOST):$(PORT)/"
-	SITE_URL=$${SITE_URL:-http://$(HOST):$(PORT)} DRAIN_SECONDS=$${DRAIN_SECONDS:-5} \
-	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
+	@$(PY) scripts/serve.py --host $(HOST) --port $(PORT)
 
-# The app on the local provider emulators: every model answers without real keys.
-EMULATOR_ENV := CLOUDFLARE_BASE_URL=http://127.0.0.1:9100/client/v4 \
-	CLOUDFLARE_ACCOUNT_ID=0123456789abcdef0123456789abcdef CLOUDFLARE_API_TOKEN=cf-emu-token-0001 \
-	DASHSCOPE_BASE_URL=http://127.0.0.1:9100/api/v1 DASHSCOPE_API_KEY=sk-emu-dashscope-0001 \
-	QIANFAN_BASE_URL=http://127.0.0.1:9100 QIANFAN_AK=emu-qianfan-ak QIANFAN_SK=emu-qianfan-sk
-
+# The app on the local provider emulators: every model answers without real keys. The
+# emulators' fake credentials and the markers that script an answer are printed at start.
+EMULATOR_PORT ?= 9100
 demo: install migrate assets
-	@$(PY) manage.py run_emulators --port 9100 > var/emulators.log 2>&1 & echo $$! > var/emulators.pid
-	@trap 'kill $$(cat var/emulators.pid) 2>/dev/null' EXIT INT TERM; \
-	$(EMULATOR_ENV) $(PY) manage.py sync_providers && \
-	echo "Llama Chat on the emulators: http://$(HOST):$(PORT)/" && \
-	$(EMULATOR_ENV) SITE_URL=$${SITE_URL:-http://$(HOST):$(PORT)} DRAIN_SECONDS=$${DRAIN_SECONDS:-5} $(VENV)/bin/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
+	@$(PY) scripts/serve.py --demo --host $(HOST) --port $(PORT) --emulator-port $(EMULATOR_PORT)
 
 # axe-core for the accessibility browser tests (package.json pins it; nothing here is served).
 node_modules/.installed: package.json package-lock.json

@@ -392,6 +392,9 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
+        # django-axes announces itself at INFO in every process (manage.py commands, each
+        # server) and logs each successful sign-in's cleanup; its warnings (lockouts) stay.
+        "axes": {"level": "WARNING"},
     },
 }
 

@@ -405,6 +405,9 @@ PROVIDER_EXTRA_HOSTS = env_list(ENV, "PROVIDER_EXTRA_HOSTS", [])
 MAX_PROMPT_CHARS = env_int(ENV, "MAX_PROMPT_CHARS", 32_000, minimum=100)
 RATE_LIMIT_PER_MINUTE = env_int(ENV, "RATE_LIMIT_PER_MINUTE", 20, minimum=1)
 MAX_CONCURRENT_ANSWERS = env_int(ENV, "MAX_CONCURRENT_ANSWERS", 3, minimum=1)
+# A model names each new conversation after its first answer (conversations/answers/titles.py);
+# off: the cleaned first line of the first prompt stays, and no title calls are made.
+GENERATED_TITLES = env_bool(ENV, "GENERATED_TITLES", True)
 ALLOW_ANONYMOUS_SHARES = env_bool(ENV, "ALLOW_ANONYMOUS_SHARES", False)
 STREAM_COALESCE_MS = env_int(ENV, "STREAM_COALESCE_MS", 100, minimum=0)
 # Writers beat at least every third of this while waiting for a first token.

@@ -103,8 +103,10 @@ def new_pair(assistant_seq: int, assistant_id: uuid.UUID | str, user_seq: int | 
     return event
 
 
-def conversation_changed(title: str) -> Event:
-    return {"type": CONVERSATION, "title": title}
+def conversation_changed(title: str, *, auto: bool = False) -> Event:
+    """The title changed: renamed by someone (`auto` False) or generated after the first
+    answer (`auto` True); open pages update their header and sidebar."""
+    return {"type": CONVERSATION, "title": title, "auto": auto}
 
 
 def revoked(reason: str, conversation: uuid.UUID | str | None = None) -> Event:

@@ -44,6 +44,12 @@ def _reset_bootstrap_cache() -> Iterator[None]:
     bootstrap.reset_cache()
 
 
+@pytest.fixture(autouse=True)
+def _no_generated_titles(settings: Any) -> None:
+    """Off unless a test turns it on (see child_env)."""
+    settings.GENERATED_TITLES = False
+
+
 # --- personas -------------------------------------------------------------------------------
 @pytest.fixture
 def owner(django_user_model: Any) -> Any:
@@ -88,8 +94,11 @@ def database_url_for_current_test_db() -> str:
 def child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    # Generated titles are a model call after each first answer; tests that count calls or
+    # ledger rows would see them, so they are on only where a test asks (tests/answers/
+    # test_titles.py, tests/e2e/test_titles_browser.py).
     env.update({"DATABASE_URL": database_url_for_current_test_db(), "DEBUG": "0",
-                "PYTHONUNBUFFERED": "1"})
+                "PYTHONUNBUFFERED": "1", "GENERATED_TITLES": "0"})
     env.update(extra)
     return env
 

@@ -29,6 +29,13 @@ from typing import Any, TypeVar
 
 from django.core.exceptions import ValidationError
 
+from conversations.errors import (
+    INTERNAL,
+    INTERRUPTED,
+    NOT_CONFIGURED,
+    PROVIDER_FAILURES,
+    UNREADABLE_KEY,
+)
 from conversations.models import MessageStatus, UsageRecord
 from conversations.runtime import off_loop
 from conversations.usage import accounting
@@ -40,23 +47,10 @@ from providers.tokens import estimate_message_tokens, estimate_tokens
 
 log = logging.getLogger(__name__)
 
-# What a user reads when an answer failed, by error kind (the partial text is kept).
-FAILURE_MESSAGES = {
-    ErrorKind.AUTH: "The provider refused our credentials. An administrator has to fix the key.",
-    ErrorKind.QUOTA_EXHAUSTED: "The provider's quota is used up. It resets later; try another "
-                               "model meanwhile.",
-    ErrorKind.RATE_LIMITED: "The provider is rate limiting us. Retry in a moment.",
-    ErrorKind.UNAVAILABLE: "The provider is unavailable right now. Retry in a moment.",
-    ErrorKind.TIMEOUT: "The provider stopped sending. Retry in a moment.",
-    ErrorKind.BAD_REQUEST: "The provider refused this request.",
-    ErrorKind.CONTENT_FILTERED: "The provider's content filter stopped this answer.",
-    ErrorKind.TRUNCATED: "The answer was cut off before it ended. Retry to get a full answer.",
-}
-UNREADABLE_KEY = ("The provider's stored key cannot be decrypted. An administrator has to enter "
-                  "it again.")
-NOT_CONFIGURED = "The provider is not configured."
-INTERNAL = "Something went wrong on our side. Retry."
-INTERRUPTED = "The server restarted while this answer was written."
+# What a user reads when an answer failed, by error kind (the partial text is kept). Stored in
+# English with the code; the page draws it in the reader's language (errors.answer_error_text).
+FAILURE_MESSAGES = {kind: PROVIDER_FAILURES[kind.value] for kind in ErrorKind
+                    if kind.value in PROVIDER_FAILURES}
 
 
 def prompt_tokens(request: ChatRequest) -> int:

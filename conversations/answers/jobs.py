@@ -20,6 +20,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
+from django.utils import translation
 
 from conversations import runtime
 from conversations.answers.reaper import reap_stale, reaper_loop
@@ -34,10 +35,13 @@ log = logging.getLogger(__name__)
 def start(message: Message) -> None:
     """Start generating `message` (call after the transaction that created it committed)."""
     model = message.model
+    # The asker's interface language (a service calls this in its request): the title that
+    # follows a first answer uses it when the prompt's own language is unclear.
+    language = translation.get_language() or ""
     if settings.REDIS_URL and model is not None and model.vision:
-        generate_answer.delay(str(message.pk))
+        generate_answer.delay(str(message.pk), language)
         return
-    runtime.submit(run_generation, message.pk)
+    runtime.submit(run_generation, message.pk, language)
 
 
 def start_periodic(loop: asyncio.AbstractEventLoop) -> None:

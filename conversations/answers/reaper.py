@@ -18,13 +18,14 @@ from django.db.models import Q
 from django.utils import timezone
 
 from conversations import events
+from conversations.errors import REAPED
 from conversations.models import Message, MessageStatus, UsageRecord
 from conversations.runtime import off_loop
 
 log = logging.getLogger(__name__)
 
 QUEUED_STALE_SECONDS = 600
-REAPED_MESSAGE = "This answer stopped: the process writing it went away."
+REAPED_MESSAGE = REAPED
 
 
 def reap_stale(now: datetime | None = None) -> list[tuple[uuid.UUID, uuid.UUID, int]]:

@@ -21,12 +21,13 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.utils import timezone
+from django.utils import timezone, translation
 
 from conversations import events
+from conversations.answers import titles
 from conversations.answers.core import Answer, Outcome, outcome_fields, persist, record_usage
 from conversations.answers.history import request_for
-from conversations.errors import ServiceError
+from conversations.errors import NOT_PREPARED, ServiceError
 from conversations.models import Message, MessageStatus, UsageRecord
 from conversations.rendering import render_markdown, render_markdown_cached, split_stable
 from conversations.runtime import off_loop
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 PERSIST_SECONDS = 1.0
 _NONE = 2**62  # "no rewrite pending"
 HEARTBEAT_SECONDS = 10.0
-NOT_PREPARED = "This answer could not be prepared. Retry."
 
 _runner: tuple[int, str] | None = None
 _running: dict[uuid.UUID, Generation] = {}
@@ -89,7 +89,8 @@ def _claim(message_id: uuid.UUID) -> Job | NotPrepared | None:
     message = Message.objects.select_related(
         "conversation", "model", "model__provider").get(pk=message_id)
     try:
-        shaped = request_for(message)
+        with translation.override("en"):  # stored in English; pages translate by its code
+            shaped = request_for(message)
     except ServiceError as exc:  # a rule of the model refuses this history (image, context)
         saved = _save_final(message_id, Outcome(
             status=MessageStatus.FAILED, error_code=exc.code, error_message=exc.message))
@@ -107,7 +108,9 @@ def _claim(message_id: uuid.UUID) -> Job | NotPrepared | None:
     return NotPrepared(saved.conversation_id, events.final_state_of(saved))
 
 
-async def run_generation(message_id: uuid.UUID | str) -> None:
+async def run_generation(message_id: uuid.UUID | str, language: str = "") -> None:
+    """Write one queued answer. `language` is the interface language of the person who asked
+    (the title written after a first answer follows it when the prompt's is unclear)."""
     message_id = uuid.UUID(str(message_id))
     job = await _claim(message_id)
     if job is None:
@@ -115,7 +118,7 @@ async def run_generation(message_id: uuid.UUID | str) -> None:
     if isinstance(job, NotPrepared):  # failed before it started: tell the viewers
         await events.publish(events.conversation_group(job.conversation_id), job.event)
         return
-    generation = Generation(job)
+    generation = Generation(job, language)
     _running[message_id] = generation
     try:
         await generation.run()
@@ -124,8 +127,9 @@ async def run_generation(message_id: uuid.UUID | str) -> None:
 
 
 class Generation:
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, language: str = "") -> None:
         message = job.message
+        self.language = language
         assert message.model is not None  # set on every assistant message the services create
         self.job = job
         self.answer = Answer(message.model.provider, job.request)
@@ -327,6 +331,9 @@ class Generation:
         if saved is None:  # deleted meanwhile: nobody is left to tell
             return
         await events.publish(self.group, events.final_state_of(saved))
+        if saved.status == MessageStatus.COMPLETE:
+            # After the final frame, never before it: a first answer names its conversation.
+            await titles.after_answer(saved.pk, self.language)
 
     async def _finish_quietly(self, helpers: list[asyncio.Task[Any]]) -> None:
         for task in helpers:

@@ -16,7 +16,7 @@ from django.db.models import F
 from django.utils.translation import gettext as _
 
 from conversations import events
-from conversations.answers import drain, jobs
+from conversations.answers import drain, jobs, titles
 from conversations.answers.budget import check_prompt
 from conversations.errors import ServiceError
 from conversations.images.attachments import attach, images_in_branch
@@ -50,10 +50,9 @@ def clean_params(model: ModelConfig, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def auto_title(text: str) -> str:
-    words = " ".join(text.split())
-    if len(words) <= 60:
-        return words
-    return words[:60].rsplit(" ", 1)[0] + "…"
+    """The provisional title: the prompt's cleaned first line (a model names the conversation
+    after its first answer: answers/titles.py)."""
+    return titles.provisional_title(text)
 
 
 def conversation_create(user: Any, *, model: ModelConfig | None, system_prompt: str = "",

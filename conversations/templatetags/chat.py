@@ -6,6 +6,7 @@ from django import template
 from django.utils.safestring import SafeString, mark_safe
 
 from conversations import events
+from conversations.errors import answer_error_text
 from conversations.rendering import (
     render_markdown,
     render_markdown_cached,
@@ -48,3 +49,11 @@ def get_item(mapping: Any, key: str) -> Any:
         value = mapping.get(key)
         return "" if value is None else value
     return ""
+
+
+@register.filter
+def answer_error(message: Any) -> str:
+    """A failed answer's error in the reader's language, from its stored code (errors.py)."""
+    model = getattr(message, "model", None)
+    return answer_error_text(message.error_code or "", message.error_message or "",
+                             model=model.display_name if model is not None else "")

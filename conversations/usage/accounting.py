@@ -102,8 +102,11 @@ def check_limits(user: Any, *, team_id: int | None = None, prompt_chars: int = 0
             "This prompt has %(n)s characters; the limit is %(limit)s.") % {
             "n": f"{prompt_chars:,}", "limit": f"{settings.MAX_PROMPT_CHARS:,}"})
     mine = UsageRecord.objects.filter(user=user)
+    # Rate and concurrency limits count answers; title calls (purpose "title") are the
+    # product's own and count only towards budgets.
+    answers = mine.filter(purpose=UsageRecord.Purpose.ANSWER)
     minute_ago = now - timedelta(seconds=60)
-    recent = list(mine.filter(started_at__gte=minute_ago).order_by("started_at")
+    recent = list(answers.filter(started_at__gte=minute_ago).order_by("started_at")
                   .values_list("started_at", flat=True)[: settings.RATE_LIMIT_PER_MINUTE])
     if len(recent) >= settings.RATE_LIMIT_PER_MINUTE:
         resets = recent[0] + timedelta(seconds=60)
@@ -115,13 +118,22 @@ def check_limits(user: Any, *, team_id: int | None = None, prompt_chars: int = 0
     stale = now - timedelta(seconds=settings.GENERATION_STALE_SECONDS * 4)
     # An answer of the web page counts while its message is active; an API answer while
     # its record is open (recent ones only: a crashed process never holds a slot for long).
-    running = mine.filter(started_at__gte=stale).filter(
+    running = answers.filter(started_at__gte=stale).filter(
         Q(message__isnull=True, finished_at__isnull=True)
         | Q(message__status__in=["queued", "streaming"])).count()
     if running >= settings.MAX_CONCURRENT_ANSWERS:
         raise LimitExceeded("too_many_answers", _(
             "You already have %(n)s answers being written, the most allowed at once. Wait for "
             "one to finish or stop it.") % {"n": running}, retry_after=5)
+    return check_budgets(user, team_id=team_id, now=now)
+
+
+def check_budgets(user: Any, *, team_id: int | None = None,
+                  now: datetime | None = None) -> list[str]:
+    """The user's and the team's budgets over every ledger row, answers and titles alike:
+    LimitExceeded when one is used up; the warnings of those nearly used up."""
+    now = now or timezone.now()
+    mine = UsageRecord.objects.filter(user=user)
     warnings = []
     for budget in Budget.objects.filter(enabled=True).filter(
             Q(user=user) | Q(team_id=team_id) if team_id else Q(user=user)):
@@ -148,9 +160,16 @@ def lock_user(user: Any) -> None:
 
 
 def record_start(user: Any, model: ModelConfig, *, team_id: int | None = None,
-                 message: Any = None, source: str = UsageRecord.Source.WEB) -> UsageRecord:
+                 message: Any = None, source: str = UsageRecord.Source.WEB,
+                 purpose: str = UsageRecord.Purpose.ANSWER,
+                 conversation: Any = None) -> UsageRecord:
+    """The ledger row of a call, opened when it starts: an answer (with its message on the web
+    page) or a title (with its conversation)."""
+    if conversation is None and message is not None:
+        conversation = message.conversation
     return UsageRecord.objects.create(user=user, model=model, team_id=team_id, message=message,
-                                      source=source, currency=model.currency)
+                                      source=source, currency=model.currency, purpose=purpose,
+                                      conversation=conversation)
 
 
 def record_finish(record: UsageRecord | int, *, status: str, model: ModelConfig,

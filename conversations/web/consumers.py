@@ -18,11 +18,14 @@ from typing import Any
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.utils import translation
 from django.utils.crypto import constant_time_compare
+from django.utils.translation.trans_real import parse_accept_lang_header
 
 from conversations import bounded_json, events
 from conversations.access import Access, aconversation_access
 from conversations.answers import drain
+from conversations.errors import answer_error_text
 from conversations.models import ACTIVE_STATUSES, Message
 from conversations.runtime import off_loop
 from conversations.sharing import links
@@ -59,6 +62,34 @@ HARD_LAG_BYTES = 4 * 1024 * 1024
 
 
 _RELAY_ONLY = frozenset({events.DELTA, events.BLOCKS})
+
+
+def reader_language(scope: dict[str, Any]) -> str:
+    """The language the socket's page is drawn in: the language cookie, else the browser's
+    Accept-Language, else the site's default (what LocaleMiddleware picks for the page)."""
+    wanted = []
+    cookie = (scope.get("cookies") or {}).get(settings.LANGUAGE_COOKIE_NAME)
+    if cookie:
+        wanted.append(str(cookie))
+    headers = dict(scope.get("headers") or [])
+    accept = headers.get(b"accept-language", b"").decode("latin-1")[:500]
+    wanted += [code for code, _q in parse_accept_lang_header(accept) if code != "*"]
+    for code in wanted:
+        try:
+            return translation.get_supported_language_variant(code)
+        except LookupError:
+            continue
+    return settings.LANGUAGE_CODE
+
+
+def in_language(event: dict[str, Any], language: str) -> dict[str, Any]:
+    """A final `state` event with its stored error drawn in the reader's language."""
+    code = event.get("error_code")
+    if not code:
+        return event
+    with translation.override(language):
+        message = answer_error_text(code, event.get("error_message") or "")
+    return {**event, "error_message": message}
 
 try:  # daphne's websocket layer raises this when a frame is sent on a closed connection
     from autobahn.exception import Disconnected as _AutobahnDisconnected
@@ -128,6 +159,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         if self.access < Access.READ:
             await self.close(code=CLOSE_FORBIDDEN)
             return
+        self.language = reader_language(self.scope)
         self.checked_at = time.monotonic()
         self.sent_bytes = 0
         self.acked_bytes = 0
@@ -184,7 +216,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         elif final is not None:
             # It already ended (perhaps before this client even saw it start): no process is
             # writing it any more, so the answer comes from the database.
-            await self._send(events.frame_of("state", final))
+            await self._send(events.frame_of("state", in_language(final, self._language())))
         else:
             await self._ask_snapshot(message_id)
 
@@ -209,7 +241,7 @@ class ConversationConsumer(AsyncWebsocketConsumer):
     async def msg_state(self, event: dict[str, Any]) -> None:
         if await self._still_allowed():
             self.held.discard(event["seq"])
-            await self._send(events.frame_of("state", event))
+            await self._send(events.frame_of("state", in_language(event, self._language())))
 
     async def msg_new(self, event: dict[str, Any]) -> None:
         if await self._still_allowed():
@@ -252,6 +284,9 @@ class ConversationConsumer(AsyncWebsocketConsumer):
         return False
 
     # --- helpers --------------------------------------------------------------------------
+    def _language(self) -> str:
+        return getattr(self, "language", None) or settings.LANGUAGE_CODE
+
     async def _may_relay(self, seq: int) -> bool:
         if not await self._still_allowed():
             return False
@@ -358,6 +393,7 @@ class ShareConsumer(ConversationConsumer):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.share_live = share.live
+        self.language = reader_language(self.scope)
         self.conversation_id = share.conversation_id
         self.access = Access.READ
         self.checked_at = time.monotonic()

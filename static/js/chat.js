@@ -404,7 +404,7 @@ function Conversation(root) {
         else if (!document.getElementById(`m-${frame.assistant_seq}`)) reloadThread();
         break;
       case "conversation":
-        if (frame.title) document.getElementById("conv-title").textContent = frame.title;
+        if (frame.title) showTitle(frame.title);
         break;
       case "revoked":
         status.textContent = t("gone");
@@ -422,6 +422,24 @@ function Conversation(root) {
   // (a box the stored size could not reserve, a font that changed the text's height).
   imagesSized(root).then(() => scrollDown(true));
   connect();
+}
+
+// --- the conversation's title: renamed elsewhere, or generated after the first answer ---------
+// The header, the sidebar's current row (its pin mark kept) and the window title follow; the
+// `conversation-title` event tells anyone else (nav.js) without a reload.
+function showTitle(title) {
+  const heading = document.getElementById("conv-title");
+  const before = heading ? heading.textContent : "";
+  if (heading) heading.textContent = title;
+  const label = document.querySelector(".conv-item.current [data-conv-title], .conv-item.current .conv-title");
+  if (label) {
+    const keep = [...label.querySelectorAll(".pin, .visually-hidden")];
+    label.replaceChildren(...keep, document.createTextNode(title));
+  }
+  if (before && document.title.startsWith(`${before} · `)) {
+    document.title = `${title} · ${document.title.slice(before.length + 3)}`;
+  }
+  document.dispatchEvent(new CustomEvent("conversation-title", { detail: { title } }));
 }
 
 // --- images in messages: reserve each box from the stored width and height ------------------

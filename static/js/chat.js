@@ -77,9 +77,6 @@ for (const textarea of document.querySelectorAll("[data-composer]")) enterSends(
 for (const input of document.querySelectorAll("[data-client-id]")) input.value = uuid();
 
 // --- the conversation ---------------------------------------------------------------------
-const root = document.getElementById("messages");
-if (root) new Conversation(root);
-focusComposer();
 
 function Conversation(root) {
   // The composer's state has one source of truth: `posting` (our POST is in flight) and
@@ -465,3 +462,8 @@ function imagesSized(scope) {
   // Lazy images far above never load on their own: their boxes are reserved anyway.
   return Promise.race([Promise.all(loaded), new Promise((resolve) => setTimeout(resolve, 1500))]);
 }
+
+// --- start ------------------------------------------------------------------------------------
+const root = document.getElementById("messages");
+if (root) new Conversation(root);
+focusComposer();

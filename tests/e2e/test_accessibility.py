@@ -1,0 +1,187 @@
+"""Accessibility, measured: axe-core runs on every page a person meets (chat, streaming,
+settings, API tokens, a share page, an error page, sign-in, the admin), in light and dark, on
+a desktop and a phone, in English and Chinese, and finds no serious or critical violation.
+
+axe-core comes from the npm registry (package.json pins it; `make test` runs `npm ci`). It is
+injected with Playwright's add_script_tag, which inlines the file: the strict CSP would refuse
+it, so the contexts here bypass the CSP (for this injection only; the other browser tests run
+with it).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from conversations.models import Conversation, Message, MessageStatus
+from conversations.sharing import links
+from tests.conftest import PASSWORD, REQUIRE_BROWSER, ROOT
+from tests.support import model, wait_final
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
+DEVICES = {"desktop": {"viewport": {"width": 1280, "height": 800}},
+           "phone": {"viewport": {"width": 390, "height": 844}, "is_mobile": True,
+                     "has_touch": True}}
+SCHEMES = ("light", "dark")
+LANGUAGES = ("en", "zh-hans")
+ANSWER = """Llamas **hum** to each other, and *alpacas* too.
+
+| animal | sound |
+|---|---|
+| llama | hum |
+
+```python
+print("hello llama")
+```
+
+Read more in `docs/llamas.md`."""
+
+# Only the violations that matter here; axe's other rules still run.
+RUN_AXE = """async () => {
+  const result = await axe.run(document, {resultTypes: ["violations"]});
+  return result.violations
+    .filter((v) => v.impact === "serious" || v.impact === "critical")
+    .map((v) => ({id: v.id, impact: v.impact, help: v.help,
+                  nodes: v.nodes.slice(0, 4).map((n) => ({
+                    target: n.target.join(" "),
+                    summary: (n.failureSummary || "").replace(/\\s+/g, " ").slice(0, 240)}))}));
+}"""
+
+
+@pytest.fixture
+def axe_path() -> Iterator[Path]:
+    if not AXE.exists():
+        message = "axe-core is not installed: run `npm ci` (make test does)"
+        if REQUIRE_BROWSER:
+            pytest.fail(message)
+        pytest.skip(message)
+    yield AXE
+
+
+def _chat(user: Any, title: str, turns: int = 2) -> Conversation:
+    llama = model("llama-3.2-3b")
+    conversation = Conversation.objects.create(owner=user, model=llama, title=title)
+    parent = None
+    for n in range(turns):
+        prompt = Message.objects.create(
+            conversation=conversation, parent=parent, seq=2 * n + 1, role=Message.Role.USER,
+            author=user, client_id=uuid.uuid4(), content=f"Tell me about llamas ({n})",
+            status=MessageStatus.COMPLETE)
+        parent = Message.objects.create(
+            conversation=conversation, parent=prompt, seq=2 * n + 2,
+            role=Message.Role.ASSISTANT, model=llama, content=ANSWER,
+            status=MessageStatus.COMPLETE, finish_reason="stop", prompt_tokens=12,
+            completion_tokens=40)
+    conversation.active_leaf = parent
+    conversation.next_seq = 2 * turns + 1
+    conversation.save()
+    return conversation
+
+
+def _sign_in(browser: Any, base: str) -> list[dict[str, Any]]:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(base + "/accounts/login/")
+    page.fill("#id_username", "root")
+    page.fill("#id_password", PASSWORD)
+    page.locator("main button[type=submit]").click()
+    page.wait_for_url(base + "/")
+    cookies = [c for c in context.cookies() if c["name"] != settings.LANGUAGE_COOKIE_NAME]
+    context.close()
+    return cookies
+
+
+def _start_a_long_answer(browser: Any, base: str, cookies: list[dict[str, Any]],
+                         conversation: Conversation) -> Message:
+    context = browser.new_context()
+    context.add_cookies(cookies)
+    page = context.new_page()
+    page.goto(f"{base}/c/{conversation.pk}/")
+    # 1024 tokens (the default output cap) at 10 a second outlast the test; it stops them.
+    page.fill("#composer-text", "A very long story [[emu:tokens n=1024 rate=10]]")
+    page.keyboard.press("Enter")
+    deadline = time.monotonic() + 20
+    answer = None
+    while time.monotonic() < deadline:
+        answer = Message.objects.filter(conversation=conversation, role=Message.Role.ASSISTANT,
+                                        status=MessageStatus.STREAMING).first()
+        if answer is not None:
+            break
+        page.wait_for_timeout(100)
+    assert answer is not None, "the long answer did not start"
+    context.close()
+    return answer
+
+
+def _report(found: dict[str, list[dict[str, Any]]]) -> str:
+    lines = []
+    for where, violations in found.items():
+        for v in violations:
+            lines.append(f"\n[{where}] {v['impact'].upper()} {v['id']}: {v['help']}")
+            for node in v["nodes"]:
+                lines.append(f"    at {node['target']}\n      {node['summary']}")
+    return "\n".join(lines)
+
+
+def test_no_serious_or_critical_violation_on_any_page(
+        live_app: Any, emulated: Any, browser: Any, admin_user: Any, axe_path: Path) -> None:
+    started = time.monotonic()
+    base = live_app.url
+    finished = _chat(admin_user, "Llamas, finished")
+    streaming = _chat(admin_user, "Llamas, streaming", turns=1)
+    share = links.create_share(admin_user, finished)
+    cookies = _sign_in(browser, base)
+    live = _start_a_long_answer(browser, base, cookies, streaming)
+    pages = {
+        "new chat": "/",
+        "conversation": f"/c/{finished.pk}/",
+        "streaming": f"/c/{streaming.pk}/",
+        "settings": f"/c/{finished.pk}/settings/",
+        "API tokens": "/account/tokens/",
+        "share page": f"/s/{share.token}/",
+        "not found": f"/c/{uuid.uuid4()}/",
+        "admin index": "/admin/",
+        "admin user form": f"/admin/auth/user/{admin_user.pk}/change/",
+    }
+    found: dict[str, list[dict[str, Any]]] = {}
+    runs = 0
+    try:
+        for device, options in DEVICES.items():
+            for scheme in SCHEMES:
+                for language in LANGUAGES:
+                    combination = f"{device}, {scheme}, {language}"
+                    context = browser.new_context(color_scheme=scheme, bypass_csp=True,
+                                                  **options)
+                    context.add_cookies([{"name": settings.LANGUAGE_COOKIE_NAME,
+                                          "value": language, "url": base}])
+                    page = context.new_page()
+                    visits = [("sign-in", "/accounts/login/"), *pages.items()]
+                    for name, path in visits:
+                        if name == "new chat":  # signed in from here on
+                            context.add_cookies(cookies)
+                        page.goto(base + path)
+                        assert page.evaluate("document.documentElement.lang") == language
+                        if name == "streaming":
+                            assert page.locator(
+                                '.msg-assistant:last-of-type[data-status="streaming"]'
+                            ).count() == 1, "the answer should still be streaming"
+                        page.add_script_tag(path=str(axe_path))
+                        violations = page.evaluate(RUN_AXE)
+                        runs += 1
+                        if violations:
+                            found[f"{name} ({path}) — {combination}"] = violations
+                    context.close()
+    finally:
+        Message.objects.filter(pk=live.pk).update(stop_requested=True)
+        wait_final(live.pk, timeout=10)
+    elapsed = time.monotonic() - started
+    print(f"\naxe-core ran on {runs} pages in {elapsed:.1f}s")
+    assert not found, "axe-core found serious or critical violations:" + _report(found)

@@ -162,3 +162,106 @@ def test_long_pages_scroll_inside_and_the_sidebar_spans_the_window(
     _sidebar_reaches_the_bottom(page)
     screenshot(page, f"layout-long-settings-{'phone' if viewport is PHONE else 'desktop'}")
     context.close()
+
+
+def _sign_in(page: Any, base: str, username: str = "alice") -> None:
+    page.goto(base + "/accounts/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.locator("main button[type=submit]").click()
+    page.wait_for_url(base + "/")
+
+
+def _tabbable_in_sidebar(page: Any) -> bool:
+    """Tab through the page once: does focus ever land inside the sidebar?"""
+    page.locator("#composer-text").focus()
+    for _ in range(25):
+        page.keyboard.press("Tab")
+        if page.evaluate("!!document.activeElement.closest('#sidebar')"):
+            return True
+    return False
+
+
+def test_the_phone_drawer_reports_its_state_takes_focus_and_closes_with_esc(
+        fresh_app: Any, emulated: Any, browser: Any) -> None:
+    user = get_user_model().objects.create_user("alice", "alice@example.com", PASSWORD)
+    conversation = _long_conversation(user, turns=2)
+    context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    base = fresh_app.url
+    _sign_in(page, base)
+    page.goto(f"{base}/c/{conversation.pk}/")
+    toggle = page.locator(".pane-head .drawer-toggle")
+    sidebar = page.locator("#sidebar")
+    # Closed: it says so, and its off-screen links cannot be reached with Tab.
+    assert toggle.get_attribute("aria-expanded") == "false"
+    assert toggle.get_attribute("aria-controls") == "sidebar"
+    assert sidebar.get_attribute("aria-hidden") == "true"
+    assert page.evaluate("document.getElementById('sidebar').inert") is True
+    assert not _tabbable_in_sidebar(page)
+    # Open: focus moves into it.
+    toggle.focus()
+    page.keyboard.press("Enter")
+    page.wait_for_timeout(300)
+    assert toggle.get_attribute("aria-expanded") == "true"
+    assert sidebar.get_attribute("aria-hidden") is None
+    assert page.evaluate("!!document.activeElement.closest('#sidebar')")
+    assert sidebar.bounding_box()["x"] == 0
+    # Esc closes it and gives focus back to the toggle.
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(300)
+    assert toggle.get_attribute("aria-expanded") == "false"
+    assert sidebar.bounding_box()["x"] < 0
+    assert page.evaluate("document.activeElement.classList.contains('drawer-toggle')")
+    # On a desktop the list is always there and always reachable.
+    page.set_viewport_size(DESKTOP)
+    page.wait_for_timeout(100)
+    assert sidebar.get_attribute("aria-hidden") is None
+    assert _tabbable_in_sidebar(page)
+    context.close()
+
+
+def test_the_language_menu_waits_for_enter_before_reloading(
+        fresh_app: Any, emulated: Any, browser: Any) -> None:
+    get_user_model().objects.create_user("alice", "alice@example.com", PASSWORD)
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    base = fresh_app.url
+    page.goto(base + "/accounts/login/")
+    page.evaluate("window.__samePage = true")
+    page.locator("#language-select").focus()
+    page.keyboard.press("ArrowDown")
+    page.wait_for_timeout(500)
+    assert page.evaluate("window.__samePage === true"), "an arrow key reloaded the page"
+    assert page.locator("#language-select").input_value() == "zh-hans"
+    page.keyboard.press("ArrowUp")
+    page.keyboard.press("ArrowDown")
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.__samePage === true")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert page.evaluate("document.documentElement.lang") == "zh-hans"
+    assert "登录" in page.content()
+    # A pick with the mouse still applies at once.
+    with page.expect_navigation():
+        page.select_option("#language-select", "en")
+    assert page.evaluate("document.documentElement.lang") == "en"
+    context.close()
+
+
+def test_a_missing_conversation_shows_the_layout_and_the_way_back(
+        fresh_app: Any, emulated: Any, browser: Any) -> None:
+    get_user_model().objects.create_user("alice", "alice@example.com", PASSWORD)
+    context = browser.new_context(viewport=PHONE, color_scheme="dark")
+    page = context.new_page()
+    base = fresh_app.url
+    _sign_in(page, base)
+    context.add_cookies([{"name": "django_language", "value": "zh-hans", "url": base}])
+    response = page.goto(f"{base}/c/{uuid.uuid4()}/")
+    assert response is not None and response.status == 404
+    assert page.locator(".topbar .brand").is_visible()
+    assert page.locator("h1").inner_text() == "找不到这个对话"
+    screenshot(page, "error-404-phone-dark-zh")
+    page.get_by_role("link", name="返回你的对话").click()
+    page.wait_for_url(base + "/")
+    context.close()

@@ -10,6 +10,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.decorators import method_decorator
@@ -159,10 +160,26 @@ class ProviderAdmin(admin.ModelAdmin):
                 self.message_user(request, warning, messages.WARNING)
 
 
+class ModelConfigForm(forms.ModelForm):
+    class Meta:
+        model = ModelConfig
+        fields = "__all__"
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("for_titles") and (data.get("requires_image", self.instance.requires_image)):
+            self.add_error("for_titles", _("A model that needs an image cannot write titles: "
+                                           "they are written from text alone."))
+        if data.get("for_titles") and not data.get("enabled", self.instance.enabled):
+            self.add_error("for_titles", _("Enable the model to let it write titles."))
+        return data
+
+
 @admin.register(ModelConfig)
 class ModelConfigAdmin(admin.ModelAdmin):
     list_display = ["display_name", "provider", "model_id", "vision", "requires_image",
-                    "enabled", "price_input_per_mtok", "price_output_per_mtok", "currency"]
+                    "enabled", "for_titles", "price_input_per_mtok", "price_output_per_mtok",
+                    "currency"]
     list_editable = ["enabled"]
     list_filter = ["provider", "vision", "enabled"]
     filter_horizontal = ["groups"]
@@ -171,7 +188,7 @@ class ModelConfigAdmin(admin.ModelAdmin):
     readonly_fields = ["slug", "provider", "model_id", "parameter_ranges"]
     fieldsets = [
         (None, {"fields": ["display_name", "slug", "provider", "model_id", "enabled",
-                           "sort_order", "groups"]}),
+                           "sort_order", "groups", "for_titles"]}),
         (_("Capabilities and limits"), {"fields": [
             "vision", "requires_image", "context_window", "max_input_chars", "max_images",
             "max_image_bytes", "max_image_pixels", "max_image_side"]}),
@@ -181,6 +198,24 @@ class ModelConfigAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # the catalogue holds the models our clients speak to
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False,
+                 **kwargs: Any) -> Any:
+        kwargs["form"] = ModelConfigForm
+        return super().get_form(request, obj, change, **kwargs)
+
+    def save_model(self, request: HttpRequest, obj: ModelConfig, form: Any,
+                   change: bool) -> None:
+        with transaction.atomic():
+            if obj.for_titles:  # one title model: choosing this one unchooses the other
+                others = ModelConfig.objects.filter(for_titles=True).exclude(pk=obj.pk)
+                previous = [str(m) for m in others]
+                others.update(for_titles=False)
+                if previous:
+                    self.message_user(request, _(
+                        "%(model)s now writes conversation titles instead of %(previous)s.") % {
+                        "model": obj, "previous": ", ".join(previous)}, messages.INFO)
+            super().save_model(request, obj, form, change)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # disable instead: history keeps referring to the model

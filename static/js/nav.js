@@ -143,9 +143,10 @@ for (const form of document.querySelectorAll("form[data-model-switch]")) {
   const submit = async () => {
     const chosen = select.value;
     if (chosen === applied) return;
+    const sent = postJSON(form.action, form); // the form's data is read before it is disabled
     select.disabled = true;
     try {
-      const data = await postJSON(form.action, form);
+      const data = await sent;
       applied = data.model.slug;
       status.textContent = [data.message, ...data.notes].join(" ");
       form.dataset.applied = applied;

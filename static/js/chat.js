@@ -28,9 +28,7 @@ function htmlToElement(html) {
   return template.content.firstElementChild;
 }
 
-// --- drawer (phones) and small page behaviours --------------------------------------------
-for (const el of document.querySelectorAll("[data-drawer-open]")) el.addEventListener("click", () => document.body.classList.add("drawer-open"));
-for (const el of document.querySelectorAll("[data-drawer-close]")) el.addEventListener("click", () => document.body.classList.remove("drawer-open"));
+// --- small page behaviours (the phone drawer is static/js/app.js's) -------------------------
 
 document.addEventListener("click", async (event) => {
   const copy = event.target.closest("[data-copy]");
@@ -197,7 +195,7 @@ function Conversation(root) {
     // A short answer can end before the reply to our own POST has put it on the page: the
     // reply sees the seq in `ended` and shows the stored answer then.
     if (!el) return;
-    el.dataset.status = frame.status;
+    el.dataset.ended = frame.status; // its stored rendering (and data-status) is on its way
     // Replace with the server's rendering of the stored message: exactly what a reload shows.
     await refreshMessage(el);
   }

@@ -145,7 +145,8 @@ def test_a_slow_answer_keeps_send_disabled_and_stop_visible_until_it_ends(chat: 
             "(() => { const s = document.querySelector('[data-send]');"
             " const stop = document.querySelector('[data-stop]');"
             " const el = document.querySelector('.msg-assistant:last-of-type');"
-            " if (!['queued', 'streaming'].includes(el.dataset.status)) return null;"
+            " if (!['queued', 'streaming'].includes(el.dataset.status) || el.dataset.ended)"
+            " return null;"
             " return s.disabled && !stop.hidden; })()")
         if busy is not None:
             assert busy, "Send must stay disabled and Stop visible while the answer runs"

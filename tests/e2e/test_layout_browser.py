@@ -164,6 +164,25 @@ def test_long_pages_scroll_inside_and_the_sidebar_spans_the_window(
     context.close()
 
 
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_the_new_chat_composer_stays_in_view_under_banners(
+        fresh_app: Any, emulated: Any, browser: Any, viewport: dict[str, int]) -> None:
+    user = get_user_model().objects.create_user("alice", "alice@example.com", PASSWORD)
+    conversation = _long_conversation(user, turns=1)
+    context = browser.new_context(viewport=viewport)
+    page = context.new_page()
+    base = fresh_app.url
+    _sign_in(page, base)
+    for _ in range(4):
+        _post(page, f"{base}/c/{conversation.pk}/share/", {})
+    page.goto(base + "/")
+    assert page.locator(".flash").count() == 4
+    page.locator("details.params summary, details.system-prompt summary").first.click()
+    _in_viewport(page, "#new-chat-form [data-send]")
+    _in_viewport(page, "#id_text")
+    context.close()
+
+
 def _sign_in(page: Any, base: str, username: str = "alice") -> None:
     page.goto(base + "/accounts/login/")
     page.fill("#id_username", username)

@@ -174,7 +174,7 @@ def test_a_slow_answer_keeps_send_disabled_and_stop_visible_until_it_ends(chat: 
 TAIL = "document.querySelector('.msg-assistant:last-of-type [data-tail]')"
 
 
-def _watch_tail(page: Any, seconds: float) -> dict[str, Any]:
+def _watch_tail(page: Any, seconds: float, shot: str = "") -> dict[str, Any]:
     """Sample the open tail while the last answer streams: which elements it ever held."""
     seen: dict[str, Any] = {"tags": set(), "texts": [], "streaming_samples": 0}
     deadline = time.monotonic() + seconds
@@ -193,6 +193,8 @@ def _watch_tail(page: Any, seconds: float) -> dict[str, Any]:
             seen["tags"].update(sample["tags"])
             seen["texts"].append(sample["text"])
             seen.setdefault("strong", []).extend(sample["strong"])
+            if shot and sample["strong"] and "shot" not in seen:
+                seen["shot"] = screenshot(page, shot)
         elif sample and sample["status"] in FINAL:
             break
         page.wait_for_timeout(40)
@@ -204,7 +206,7 @@ def test_markdown_is_formatted_while_it_streams_and_ends_as_a_reload_shows_it(ch
     text = ("Here is **bold** and *em* and `code` and ~~gone~~ in one open paragraph that keeps "
             "going for a while so that it streams slowly enough to be seen half written, then ends")
     _start(page, f"[[emu:verbatim rate=12]] {text}")
-    seen = _watch_tail(page, 20)
+    seen = _watch_tail(page, 20, shot="chat-page-markdown-streaming")
     assert seen["streaming_samples"] >= 5
     assert "bold" in seen.get("strong", []), "**bold** should be a <strong> while it streams"
     assert {"strong", "em", "code", "del"} <= seen["tags"], seen["tags"]
@@ -334,10 +336,12 @@ def _said(page: Any) -> list[str]:
 
 
 def test_the_composer_is_focused_on_every_chat_page_with_a_visible_ring(chat: Any) -> None:
-    page = chat
-    wait_js(page, "document.activeElement?.id === 'id_text'", timeout=5)
+    page = chat  # the first chat page of a new browser: nothing may take the focus away later
+    page.wait_for_timeout(1000)
+    assert page.evaluate("document.activeElement?.id") == "id_text"
     _start(page, "Hello [[emu:tokens n=3]]")
-    wait_js(page, "document.activeElement?.id === 'composer-text'", timeout=5)
+    page.wait_for_timeout(1000)
+    assert page.evaluate("document.activeElement?.id") == "composer-text"
     ring = page.evaluate("(() => { const s = getComputedStyle(document.getElementById('composer'));"
                          " return [s.outlineStyle, parseFloat(s.outlineWidth)]; })()")
     assert ring[0] == "solid" and ring[1] >= 2, ring

@@ -17,6 +17,23 @@ document.addEventListener("click", (event) => {
   if (stack && !stack.querySelector(".flash")) stack.remove();
 });
 
+// --- skip links -------------------------------------------------------------------------
+// On a page with a message box, a second skip link goes straight to it.
+const composerBox = document.querySelector("[data-composer]");
+const skipToComposer = document.querySelector("[data-skip-composer]");
+if (composerBox?.id && skipToComposer) {
+  skipToComposer.href = `#${composerBox.id}`;
+  skipToComposer.hidden = false;
+}
+for (const link of document.querySelectorAll(".skip-link")) {
+  link.addEventListener("click", (event) => {
+    const target = document.getElementById(link.hash.slice(1));
+    if (!target) return;
+    event.preventDefault();
+    target.focus();
+  });
+}
+
 // --- the conversation list as a drawer on phones ------------------------------------------
 // Closed, it is off-screen and inert (its links are not tabbable, screen readers skip it);
 // open, it takes focus; Esc or the scrim closes it and focus returns to the toggle.

@@ -284,3 +284,32 @@ def test_a_missing_conversation_shows_the_layout_and_the_way_back(
     page.get_by_role("link", name="返回你的对话").click()
     page.wait_for_url(base + "/")
     context.close()
+
+
+def test_skip_links_lead_to_the_content_and_to_the_message_box(
+        fresh_app: Any, emulated: Any, browser: Any) -> None:
+    user = get_user_model().objects.create_user("alice", "alice@example.com", PASSWORD)
+    conversation = _long_conversation(user, turns=1)
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    base = fresh_app.url
+    _sign_in(page, base)
+    page.goto(f"{base}/c/{conversation.pk}/")
+    assert page.locator(".skip-link").first.bounding_box()["y"] < 0  # out of sight
+    page.locator(".topbar .brand").focus()  # the links come just before it
+    page.keyboard.press("Shift+Tab")
+    assert page.locator(":focus").inner_text() == "Skip to the message box"
+    page.keyboard.press("Shift+Tab")
+    first = page.locator(":focus")
+    assert first.inner_text() == "Skip to content"
+    assert first.bounding_box()["y"] >= 0  # shown once focused
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "composer-text"
+    page.goto(base + "/account/tokens/")  # no message box: only the first link
+    assert page.locator("[data-skip-composer]").is_hidden()
+    page.locator(".topbar .brand").focus()
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
+    context.close()

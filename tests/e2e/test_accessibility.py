@@ -185,3 +185,40 @@ def test_no_serious_or_critical_violation_on_any_page(
     elapsed = time.monotonic() - started
     print(f"\naxe-core ran on {runs} pages in {elapsed:.1f}s")
     assert not found, "axe-core found serious or critical violations:" + _report(found)
+
+
+ADMIN_PAGES = [
+    "/admin/auth/user/", "/admin/auth/user/add/", "/admin/auth/group/add/",
+    "/admin/providers/provider/", "/admin/providers/modelconfig/",
+    "/admin/conversations/conversation/", "/admin/conversations/budget/add/",
+    "/admin/conversations/usagerecord/", "/admin/conversations/apitoken/",
+    "/admin/conversations/sharelink/", "/admin/conversations/auditevent/",
+    "/admin/reports/usage/", "/admin/password_change/",
+]
+
+
+def test_the_rest_of_the_admin_has_no_serious_or_critical_violation(
+        live_app: Any, emulated: Any, browser: Any, admin_user: Any, axe_path: Path) -> None:
+    """Lists, add forms and the report: the stock admin's other page kinds, in the two
+    combinations furthest apart (desktop light English, phone dark Chinese)."""
+    base = live_app.url
+    conversation = _chat(admin_user, "Llamas in the admin")
+    links.create_share(admin_user, conversation)
+    provider = model("llama-3.2-3b").provider
+    pages = [*ADMIN_PAGES, f"/admin/providers/provider/{provider.pk}/change/"]
+    cookies = _sign_in(browser, base)
+    found: dict[str, list[dict[str, Any]]] = {}
+    for device, scheme, language in (("desktop", "light", "en"), ("phone", "dark", "zh-hans")):
+        context = browser.new_context(color_scheme=scheme, bypass_csp=True, **DEVICES[device])
+        context.add_cookies([*cookies, {"name": settings.LANGUAGE_COOKIE_NAME,
+                                        "value": language, "url": base}])
+        page = context.new_page()
+        for path in pages:
+            response = page.goto(base + path)
+            assert response is not None and response.status == 200, path
+            page.add_script_tag(path=str(axe_path))
+            violations = page.evaluate(RUN_AXE)
+            if violations:
+                found[f"{path} — {device}, {scheme}, {language}"] = violations
+        context.close()
+    assert not found, "axe-core found serious or critical violations:" + _report(found)

@@ -306,6 +306,9 @@ def test_skip_links_lead_to_the_content_and_to_the_message_box(
     page.keyboard.press("Tab")
     page.keyboard.press("Enter")
     assert page.evaluate("document.activeElement.id") == "composer-text"
+    # The focused composer shows a ring, not only a thin border colour.
+    assert page.evaluate("getComputedStyle(document.getElementById('composer')).outlineStyle") \
+        == "solid"
     page.goto(base + "/account/tokens/")  # no message box: only the first link
     assert page.locator("[data-skip-composer]").is_hidden()
     page.locator(".topbar .brand").focus()

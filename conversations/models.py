@@ -35,12 +35,14 @@ class Conversation(models.Model):
     active_leaf = models.ForeignKey("Message", on_delete=models.SET_NULL, null=True, blank=True,
                                     related_name="+")
     next_seq = models.PositiveIntegerField(default=1)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True, db_index=True)
 
     class Meta:
         ordering = ["-pinned", "-updated_at"]
         indexes = [models.Index(fields=["owner", "archived", "-pinned", "-updated_at"])]
+        verbose_name = _("conversation")
+        verbose_name_plural = _("conversations")
 
     def __str__(self) -> str:
         return self.title or str(_("New conversation"))
@@ -207,29 +209,33 @@ class UsageRecord(models.Model):
         TITLE = "title", _("title")
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
-                             related_name="usage_records")
+                             related_name="usage_records", verbose_name=_("user"))
     team = models.ForeignKey(Group, on_delete=models.SET_NULL, null=True, blank=True,
-                             related_name="usage_records")
-    model = models.ForeignKey(ModelConfig, on_delete=models.PROTECT, related_name="+")
+                             related_name="usage_records", verbose_name=_("team"))
+    model = models.ForeignKey(ModelConfig, on_delete=models.PROTECT, related_name="+",
+                              verbose_name=_("model"))
     message = models.OneToOneField(Message, on_delete=models.SET_NULL, null=True, blank=True,
-                                   related_name="usage")
-    source = models.CharField(max_length=8, choices=Source.choices, default=Source.WEB)
+                                   related_name="usage", verbose_name=_("message"))
+    source = models.CharField(_("source"), max_length=8, choices=Source.choices,
+                              default=Source.WEB)
     # A title call has no message of its own; it keeps its conversation instead.
-    purpose = models.CharField(max_length=8, choices=Purpose.choices, default=Purpose.ANSWER)
+    purpose = models.CharField(_("purpose"), max_length=8, choices=Purpose.choices,
+                               default=Purpose.ANSWER)
     conversation = models.ForeignKey(Conversation, on_delete=models.SET_NULL, null=True,
-                                     blank=True, related_name="+")
-    started_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    status = models.CharField(max_length=12, default="running")
-    prompt_tokens = models.PositiveIntegerField(default=0)
-    completion_tokens = models.PositiveIntegerField(default=0)
-    cost = models.DecimalField(max_digits=14, decimal_places=8, default=Decimal(0))
-    currency = models.CharField(max_length=3, default="USD")
-    request_id = models.CharField(max_length=120, blank=True)
+                                     blank=True, related_name="+",
+                                     verbose_name=_("conversation"))
+    started_at = models.DateTimeField(_("started"), auto_now_add=True, db_index=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    status = models.CharField(_("status"), max_length=12, default="running")
+    prompt_tokens = models.PositiveIntegerField(_("prompt tokens"), default=0)
+    completion_tokens = models.PositiveIntegerField(_("completion tokens"), default=0)
+    cost = models.DecimalField(_("cost"), max_digits=14, decimal_places=8, default=Decimal(0))
+    currency = models.CharField(_("currency"), max_length=3, default="USD")
+    request_id = models.CharField(_("request id"), max_length=120, blank=True)
     # Why it did not complete normally (an ErrorKind value, "internal", "interrupted"), or "".
-    error_code = models.CharField(max_length=40, blank=True)
-    ttft_ms = models.PositiveIntegerField(null=True, blank=True)
-    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    error_code = models.CharField(_("error code"), max_length=40, blank=True)
+    ttft_ms = models.PositiveIntegerField(_("time to first token (ms)"), null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(_("duration (ms)"), null=True, blank=True)
 
     class Meta:
         ordering = ["-started_at"]
@@ -237,6 +243,7 @@ class UsageRecord(models.Model):
                    models.Index(fields=["team", "started_at"]),
                    models.Index(fields=["finished_at"])]
         verbose_name = _("usage record")
+        verbose_name_plural = _("usage records")
 
     def __str__(self) -> str:
         return f"{self.user} {self.model} {self.started_at:%Y-%m-%d %H:%M}"
@@ -254,20 +261,22 @@ class Budget(models.Model):
         MONTH = "month", _("per month")
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True,
-                             blank=True, related_name="budgets")
+                             blank=True, related_name="budgets", verbose_name=_("user"))
     team = models.ForeignKey(Group, on_delete=models.CASCADE, null=True, blank=True,
-                             related_name="budgets")
-    period = models.CharField(max_length=8, choices=Period.choices, default=Period.DAY)
-    max_tokens = models.PositiveBigIntegerField(null=True, blank=True,
+                             related_name="budgets", verbose_name=_("team"))
+    period = models.CharField(_("period"), max_length=8, choices=Period.choices,
+                              default=Period.DAY)
+    max_tokens = models.PositiveBigIntegerField(_("max tokens"), null=True, blank=True,
                                                 help_text=_("Prompt plus completion tokens."))
-    max_cost = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True,
-                                   help_text=_("In the models' price currency."))
-    warn_percent = models.PositiveSmallIntegerField(default=80,
+    max_cost = models.DecimalField(_("max cost"), max_digits=12, decimal_places=4, null=True,
+                                   blank=True, help_text=_("In the models' price currency."))
+    warn_percent = models.PositiveSmallIntegerField(_("warn at (%)"), default=80,
                                                     help_text=_("Warn from this share on."))
-    enabled = models.BooleanField(default=True)
+    enabled = models.BooleanField(_("enabled"), default=True)
 
     class Meta:
         verbose_name = _("budget")
+        verbose_name_plural = _("budgets")
         constraints = [models.CheckConstraint(
             condition=(models.Q(user__isnull=False, team__isnull=True)
                        | models.Q(user__isnull=True, team__isnull=False)),
@@ -282,17 +291,18 @@ class ApiToken(models.Model):
     """A personal token for the OpenAI-compatible API. Only its hash is stored."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
-                             related_name="api_tokens")
+                             related_name="api_tokens", verbose_name=_("user"))
     name = models.CharField(_("name"), max_length=80)
     prefix = models.CharField(max_length=16, db_index=True)  # shown to tell tokens apart
     digest = models.CharField(max_length=64, unique=True)  # sha256 of the whole token
-    created_at = models.DateTimeField(auto_now_add=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    last_used_at = models.DateTimeField(_("last used"), null=True, blank=True)
+    revoked_at = models.DateTimeField(_("revoked"), null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
         verbose_name = _("API token")
+        verbose_name_plural = _("API tokens")
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
@@ -307,21 +317,22 @@ class ShareLink(models.Model):
 
     token = models.CharField(max_length=64, unique=True, default=_share_token, editable=False)
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE,
-                                     related_name="share_links")
+                                     related_name="share_links", verbose_name=_("conversation"))
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
-                                   related_name="+")
-    created_at = models.DateTimeField(auto_now_add=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    live = models.BooleanField(default=False,
+                                   related_name="+", verbose_name=_("created by"))
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    expires_at = models.DateTimeField(_("expires"), null=True, blank=True)
+    revoked_at = models.DateTimeField(_("revoked"), null=True, blank=True)
+    live = models.BooleanField(_("live"), default=False,
                                help_text=_("Show new messages too, not only those at sharing."))
-    anonymous = models.BooleanField(default=False,
+    anonymous = models.BooleanField(_("anonymous"), default=False,
                                     help_text=_("Readable without signing in."))
     upto_seq = models.PositiveIntegerField(default=0)  # the last message at sharing time
 
     class Meta:
         ordering = ["-created_at"]
         verbose_name = _("share link")
+        verbose_name_plural = _("share links")
 
     def __str__(self) -> str:
         return f"{self.conversation} ({self.token[:6]}…)"
@@ -334,17 +345,18 @@ class ShareLink(models.Model):
 class AuditEvent(models.Model):
     """Who did what to security-relevant things. Never holds a secret."""
 
-    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    at = models.DateTimeField(_("at"), auto_now_add=True, db_index=True)
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
-                              blank=True, related_name="+")
-    action = models.CharField(max_length=40, db_index=True)
-    target = models.CharField(max_length=200, blank=True)
-    details = models.JSONField(default=dict, blank=True)
-    ip = models.GenericIPAddressField(null=True, blank=True)
+                              blank=True, related_name="+", verbose_name=_("actor"))
+    action = models.CharField(_("action"), max_length=40, db_index=True)
+    target = models.CharField(_("target"), max_length=200, blank=True)
+    details = models.JSONField(_("details"), default=dict, blank=True)
+    ip = models.GenericIPAddressField(_("IP address"), null=True, blank=True)
 
     class Meta:
         ordering = ["-at"]
         verbose_name = _("audit event")
+        verbose_name_plural = _("audit events")
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M} {self.action} {self.target}"

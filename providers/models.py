@@ -139,11 +139,13 @@ class Provider(models.Model):
         _("managed by the environment"), default=False, editable=False,
         help_text=_("Credentials come from environment variables and are reset at start."),
     )
-    last_status = models.CharField(max_length=10, choices=Status.choices,
+    last_status = models.CharField(_("last status"), max_length=10, choices=Status.choices,
                                    default=Status.UNTESTED, editable=False)
-    last_error = models.TextField(blank=True, default="", editable=False)
-    last_latency_ms = models.PositiveIntegerField(null=True, blank=True, editable=False)
-    last_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_error = models.TextField(_("last error"), blank=True, default="", editable=False)
+    last_latency_ms = models.PositiveIntegerField(_("last latency (ms)"), null=True, blank=True,
+                                                  editable=False)
+    last_checked_at = models.DateTimeField(_("last checked"), null=True, blank=True,
+                                           editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -281,7 +283,7 @@ class ModelConfig(models.Model):
         Group, blank=True, related_name="models", verbose_name=_("visible to groups"),
         help_text=_("Leave empty to make the model visible to every user."),
     )
-    sort_order = models.PositiveSmallIntegerField(default=0)
+    sort_order = models.PositiveSmallIntegerField(_("order"), default=0)
     # Writes conversation titles after the first answer. None chosen: the cheapest enabled
     # text model does it.
     for_titles = models.BooleanField(

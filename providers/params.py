@@ -15,6 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# `_` only marks the labels and help texts for `make messages` (gettext_noop): they stay
+# English here; the page that shows them translates them (conversations/web/forms.py).
+from django.utils.translation import gettext_noop as _
+
 from providers.base import ErrorKind, ProviderError
 from providers.catalogue import (
     CF_TEXT_MODEL,
@@ -59,24 +63,28 @@ def _fmt(value: float) -> str:
 
 
 def _cloudflare_specs() -> dict[str, ParamSpec]:
-    penalty_help = "Optional; 0..2 per the model schema."
+    penalty_help = _("Optional; 0..2 per the model schema.")
     return {
         "max_tokens": ParamSpec(
-            int, 1, context_window(CF_TEXT_MODEL), CLOUDFLARE_DEFAULT_MAX_TOKENS, "Max tokens",
-            "Longest answer in tokens, at most the context window. Always sent: Cloudflare's own "
-            "default (256) is too short.",
+            int, 1, context_window(CF_TEXT_MODEL), CLOUDFLARE_DEFAULT_MAX_TOKENS, _("Max tokens"),
+            _("Longest answer in tokens, at most the context window. Always sent: Cloudflare's own "
+            "default (256) is too short."),
         ),
         "temperature": ParamSpec(
-            float, 0, 5, None, "Temperature", "Randomness, 0..5. Cloudflare's default is 0.6."
+            float, 0, 5, None, _("Temperature"), _("Randomness, 0..5. Cloudflare's default is 0.6.")
         ),
-        "top_p": ParamSpec(float, 0, 2, None, "Top p", "Nucleus sampling, 0..2 per the schema."),
-        "top_k": ParamSpec(int, 1, 50, None, "Top k", "Sample from the k likeliest tokens, 1..50."),
+        "top_p": ParamSpec(
+            float, 0, 2, None, _("Top p"), _("Nucleus sampling, 0..2 per the schema.")
+        ),
+        "top_k": ParamSpec(
+            int, 1, 50, None, _("Top k"), _("Sample from the k likeliest tokens, 1..50.")
+        ),
         "seed": ParamSpec(
-            int, 1, 9_999_999_999, None, "Seed", "Fixed seed for repeatable answers."
+            int, 1, 9_999_999_999, None, _("Seed"), _("Fixed seed for repeatable answers.")
         ),
-        "repetition_penalty": ParamSpec(float, 0, 2, None, "Repetition penalty", penalty_help),
-        "frequency_penalty": ParamSpec(float, 0, 2, None, "Frequency penalty", penalty_help),
-        "presence_penalty": ParamSpec(float, 0, 2, None, "Presence penalty", penalty_help),
+        "repetition_penalty": ParamSpec(float, 0, 2, None, _("Repetition penalty"), penalty_help),
+        "frequency_penalty": ParamSpec(float, 0, 2, None, _("Frequency penalty"), penalty_help),
+        "presence_penalty": ParamSpec(float, 0, 2, None, _("Presence penalty"), penalty_help),
     }
 
 
@@ -86,21 +94,22 @@ def _cloudflare_specs() -> dict[str, ParamSpec]:
 _DASHSCOPE_WINDOW = context_window(DASHSCOPE_MODEL)
 _DASHSCOPE_SPECS: dict[str, ParamSpec] = {
     "max_tokens": ParamSpec(
-        int, 1, _DASHSCOPE_WINDOW, None, "Max tokens",
-        "Sent as max_new_tokens. DashScope's default is 512; the context is 8192 tokens.",
+        int, 1, _DASHSCOPE_WINDOW, None, _("Max tokens"),
+        _("Sent as max_new_tokens. DashScope's default is 512; the context is 8192 tokens."),
     ),
     "min_new_tokens": ParamSpec(
-        int, 1, _DASHSCOPE_WINDOW, None, "Min tokens", "Shortest answer in tokens.",
+        int, 1, _DASHSCOPE_WINDOW, None, _("Min tokens"), _("Shortest answer in tokens."),
     ),
     "temperature": ParamSpec(
-        float, 0, None, None, "Temperature", "Randomness, 0 or more. DashScope's default is 0.8.",
+        float, 0, None, None, _("Temperature"),
+        _("Randomness, 0 or more. DashScope's default is 0.8."),
     ),
     "top_p": ParamSpec(
-        float, 0, 1, None, "Top p", "Nucleus sampling, 0 < value ≤ 1.", min_exclusive=True
+        float, 0, 1, None, _("Top p"), _("Nucleus sampling, 0 < value ≤ 1."), min_exclusive=True
     ),
     "top_k": ParamSpec(
-        int, 1, None, None, "Top k",
-        "Sample from the k likeliest tokens; above 100 turns top-k sampling off.",
+        int, 1, None, None, _("Top k"),
+        _("Sample from the k likeliest tokens; above 100 turns top-k sampling off."),
     ),
 }
 
@@ -110,25 +119,25 @@ _DASHSCOPE_SPECS: dict[str, ParamSpec] = {
 # sent.
 _QIANFAN_SPECS: dict[str, ParamSpec] = {
     "max_tokens": ParamSpec(
-        int, 1, context_window(QIANFAN_MODEL), None, "Max tokens",
-        "Longest answer in tokens (estimated). Qianfan has no such parameter for this model: "
-        "the answer is cut here when it reaches the limit.",
+        int, 1, context_window(QIANFAN_MODEL), None, _("Max tokens"),
+        _("Longest answer in tokens (estimated). Qianfan has no such parameter for this model: "
+        "the answer is cut here when it reaches the limit."),
     ),
     "temperature": ParamSpec(
-        float, 0, 1, None, "Temperature",
-        "Randomness. Qianfan requires 0 < value ≤ 1; 0 is sent as 0.01.",
+        float, 0, 1, None, _("Temperature"),
+        _("Randomness. Qianfan requires 0 < value ≤ 1; 0 is sent as 0.01."),
     ),
-    "top_k": ParamSpec(int, 1, None, None, "Top k", "Sample from the k likeliest tokens."),
-    "top_p": ParamSpec(float, 0, 1, None, "Top p", "Nucleus sampling, 0 ≤ value ≤ 1."),
+    "top_k": ParamSpec(int, 1, None, None, _("Top k"), _("Sample from the k likeliest tokens.")),
+    "top_p": ParamSpec(float, 0, 1, None, _("Top p"), _("Nucleus sampling, 0 ≤ value ≤ 1.")),
     "penalty_score": ParamSpec(
-        float, 1, 2, None, "Penalty score", "Repetition penalty, 1..2."
+        float, 1, 2, None, _("Penalty score"), _("Repetition penalty, 1..2.")
     ),
     "stop": ParamSpec(
-        list, None, None, None, "Stop sequences",
-        "Up to 4 strings of at most 20 characters each.", max_items=4, max_item_length=20,
+        list, None, None, None, _("Stop sequences"),
+        _("Up to 4 strings of at most 20 characters each."), max_items=4, max_item_length=20,
     ),
     "user_id": ParamSpec(
-        str, None, None, None, "User id", "Who asks, for the vendor's abuse tracking.",
+        str, None, None, None, _("User id"), _("Who asks, for the vendor's abuse tracking."),
         max_item_length=128,
     ),
 }

@@ -24,7 +24,9 @@ def main() -> int:
             entry.msgstr = table[entry.msgid]
             if "fuzzy" in entry.flags:
                 entry.flags.remove("fuzzy")
-        elif not entry.msgstr:
+        elif not (entry.msgstr or any(entry.msgstr_plural.values())) or "fuzzy" in entry.flags:
+            # A fuzzy entry is msgmerge's guess from a similar msgid: never compiled, so the
+            # page shows English until the JSON has the string.
             missing.append(entry.msgid)
     po.save()
     for msgid in missing:

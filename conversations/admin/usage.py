@@ -20,6 +20,7 @@ from django.utils.translation import gettext_lazy as _
 from conversations.admin.base import AuditedAdmin, ReadOnlyAdmin
 from conversations.models import (
     Budget,
+    MessageStatus,
     UsageRecord,
 )
 from conversations.usage import reports
@@ -63,17 +64,29 @@ class BudgetAdmin(AuditedAdmin):
         sums = records.aggregate(p=Sum("prompt_tokens"), c=Sum("completion_tokens"),
                                  cost=Sum("cost"))
         tokens = (sums["p"] or 0) + (sums["c"] or 0)
-        return f"{tokens:,} tokens, {sums['cost'] or 0:.4f}"
+        return _("%(tokens)s tokens, %(cost)s") % {"tokens": f"{tokens:,}",
+                                                   "cost": f"{sums['cost'] or 0:.4f}"}
 
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyAdmin):
-    list_display = ("started_at", "user", "team", "model", "source", "status", "prompt_tokens",
-                    "completion_tokens", "cost", "currency", "ttft_ms", "duration_ms")
-    list_filter = ("source", "status", "model", "team", ("started_at", admin.DateFieldListFilter))
+    list_display = ("started_at", "user", "team", "model", "source", "purpose", "status_label",
+                    "prompt_tokens", "completion_tokens", "cost", "currency", "ttft_ms",
+                    "duration_ms")
+    list_filter = ("source", "purpose", "status", "model", "team",
+                   ("started_at", admin.DateFieldListFilter))
     search_fields = ("user__username", "request_id")
     date_hierarchy = "started_at"
     list_select_related = ("user", "team", "model")
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_label(self, obj: UsageRecord) -> str:
+        if obj.status == "running":
+            return str(_("running"))
+        try:
+            return str(MessageStatus(obj.status).label)
+        except ValueError:
+            return obj.status
 
 
 

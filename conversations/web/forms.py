@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django import forms
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from conversations.models import Conversation
@@ -23,18 +24,35 @@ class ParamField:
     per_model: dict[str, dict[str, Any]]  # slug -> {"min", "max", "default", "help"}
 
 
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def range_text(spec: ParamSpec) -> str:
+    """`ParamSpec.describe_range` in the reader's language: "an integer, 1 ≤ value ≤ 8192"."""
+    low = "" if spec.min is None else f"{_number(spec.min)} {'<' if spec.min_exclusive else '≤'} "
+    high = "" if spec.max is None else f" {'<' if spec.max_exclusive else '≤'} {_number(spec.max)}"
+    kind = gettext("an integer") if spec.type is int else gettext("a number")
+    if not (low or high):
+        return kind
+    value = gettext("value")
+    return gettext("%(kind)s, %(bounds)s") % {"kind": kind, "bounds": f"{low}{value}{high}"}
+
+
 def param_fields(models: list[ModelConfig]) -> list[ParamField]:
+    """The generation parameters of `models`, labelled in the reader's language (the specs
+    hold English msgids: providers/params.py)."""
     fields: dict[str, ParamField] = {}
     for model in models:
         for name, spec in model.param_specs().items():
             if spec.type in (list, str):
                 continue
             field = fields.setdefault(name, ParamField(
-                name, spec.label, "number", "1" if spec.type is int else "any", {}))
+                name, gettext(spec.label), "number", "1" if spec.type is int else "any", {}))
             default = (model.default_params or {}).get(name, spec.default)
             field.per_model[model.slug] = {
                 "min": spec.min, "max": spec.max, "default": default,
-                "help": f"{spec.describe_range()}. {spec.help}"}
+                "help": f"{range_text(spec)}. {gettext(spec.help)}"}
     return list(fields.values())
 
 

@@ -137,11 +137,18 @@ function Conversation(root) {
     const stream = { el, upto, text: known?.text || body.dataset.text || tail?.textContent || "" };
     streams.set(seq, stream);
     started(seq);
-    render(stream);
+    render(stream, true);
     return stream;
   }
 
-  function render(stream) {
+  // Deltas repaint the open tail at most once a frame; finished blocks repaint it at once (the
+  // text they took from the tail must not show twice).
+  function render(stream, now = false) {
+    if (!now) {
+      stream.frame ||= requestAnimationFrame(() => { stream.frame = 0; render(stream, true); });
+      return;
+    }
+    if (stream.frame) { cancelAnimationFrame(stream.frame); stream.frame = 0; }
     const { tail } = bodyParts(stream.el);
     if (!tail) return;
     const open = stream.text.slice(stream.upto);
@@ -166,7 +173,7 @@ function Conversation(root) {
     const { blocks } = bodyParts(stream.el);
     blocks.insertAdjacentHTML("beforeend", html); // the server's sanitised rendering
     stream.upto = upto;
-    render(stream);
+    render(stream, true);
   }
 
   function applySnapshot(frame) {
@@ -179,7 +186,7 @@ function Conversation(root) {
     stream.text = frame.text;
     bodyParts(el).blocks.innerHTML = frame.html; // the server's sanitised rendering
     stream.upto = frame.upto;
-    render(stream);
+    render(stream, true);
   }
 
   async function finish(frame) {

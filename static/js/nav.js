@@ -3,6 +3,8 @@
 // Every form here works without this script; with it, the same endpoints answer JSON.
 // No inline handlers (strict CSP), no build step.
 
+import { t } from "./i18n.js";
+
 const csrf = () => document.cookie.split("; ").find((c) => c.startsWith("csrftoken="))?.split("=")[1] || "";
 
 async function postJSON(url, form, submitter) {
@@ -137,7 +139,13 @@ for (const form of document.querySelectorAll("form[data-model-switch]")) {
     const attachButton = row.querySelector("[data-attach-button]");
     if (attachButton) attachButton.hidden = !model.vision;
     const note = row.querySelector("[data-attach-note]");
-    if (note) note.textContent = notes.join(" ");
+    if (!note) return;
+    // The same words the composer uses for a model (static/js/uploads.js), or the server's.
+    if (notes.length) note.textContent = notes.join(" ");
+    else if (!model.vision) note.textContent = t("text_only", { model: model.name });
+    else if (model.requires_image) note.textContent = t("needs_image", { model: model.name });
+    else note.textContent = t("up_to", { n: model.max_images });
+    note.classList.remove("attach-error");
   };
 
   const submit = async () => {

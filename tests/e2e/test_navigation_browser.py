@@ -127,6 +127,28 @@ def test_share_and_export_are_in_the_conversation_header(signed_in_page: Any,
     assert download.value.suggested_filename == "worth-sharing.md"
 
 
+def test_on_a_phone_the_header_keeps_title_switcher_and_menu_in_view(
+        live_app: Any, emulated: Any, browser: Any, owner: Any) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    page.goto(live_app.url + "/accounts/login/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", PASSWORD)
+    page.click("main button[type=submit]")
+    page.wait_for_url(live_app.url + "/")
+    conversation = _chat(owner, "A rather long conversation title on a small phone", text="hi")
+    page.goto(f"{live_app.url}/c/{conversation.pk}/")
+    for selector in ("#conv-title", "#model-switch", ".conv-menu summary"):
+        box = page.locator(selector).bounding_box()
+        assert box is not None and box["width"] > 20, selector
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (selector, box)
+    page.select_option("#model-switch", "llama-3-70b")
+    wait_js(page, "document.querySelector('[data-model-switch-status]')?.textContent"
+                  ".includes('Meta-Llama-3-70B-Instruct')")
+    screenshot(page, "nav-phone-header")
+    context.close()
+
+
 # --- a sidebar that organises -----------------------------------------------------------------
 def test_the_sidebar_groups_conversations_by_day_with_pinned_first(signed_in_page: Any,
                                                                   owner: Any) -> None:

@@ -1,6 +1,7 @@
 """Accessibility, measured: axe-core runs on every page a person meets (chat, streaming,
-settings, API tokens, a share page, an error page, sign-in, the admin), in light and dark, on
-a desktop and a phone, in English and Chinese, and finds no serious or critical violation.
+settings, API tokens, a share page, error pages (404, expired form, 500), sign-in, the admin),
+in light and dark, on a desktop and a phone, in English and Chinese, and finds no serious or
+critical violation.
 
 axe-core comes from the npm registry (package.json pins it; `make test` runs `npm ci`). It is
 injected with Playwright's add_script_tag, which inlines the file: the strict CSP would refuse
@@ -18,7 +19,10 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.test import RequestFactory
+from django.utils import translation
 
+from chatsite import error_pages
 from conversations.models import Conversation, Message, MessageStatus
 from conversations.sharing import links
 from tests.conftest import PASSWORD, REQUIRE_BROWSER, ROOT
@@ -121,6 +125,23 @@ def _start_a_long_answer(browser: Any, base: str, cookies: list[dict[str, Any]],
     return answer
 
 
+# The 500 page cannot be caused on purpose in a healthy server: the test renders it with the
+# real handler and serves it from the server's origin (so its stylesheets load) at this path.
+SERVER_ERROR = "/__server-error-page__/"
+
+
+def _server_error(language: str) -> str:
+    with translation.override(language):
+        response = error_pages.server_error(RequestFactory().get("/"))
+    return response.content.decode()
+
+
+def _serve(html: str, status: int) -> Any:
+    def handler(route: Any) -> None:
+        route.fulfill(status=status, body=html, content_type="text/html; charset=utf-8")
+    return handler
+
+
 def _report(found: dict[str, list[dict[str, Any]]]) -> str:
     lines = []
     for where, violations in found.items():
@@ -163,11 +184,23 @@ def test_no_serious_or_critical_violation_on_any_page(
                     context.add_cookies([{"name": settings.LANGUAGE_COOKIE_NAME,
                                           "value": language, "url": base}])
                     page = context.new_page()
-                    visits = [("sign-in", "/accounts/login/"), *pages.items()]
+                    page.route(base + SERVER_ERROR, _serve(_server_error(language), 500))
+                    visits = [("sign-in", "/accounts/login/"), ("form expired", None),
+                              ("server error", SERVER_ERROR), *pages.items()]
                     for name, path in visits:
                         if name == "new chat":  # signed in from here on
                             context.add_cookies(cookies)
-                        page.goto(base + path)
+                        if path is None:  # the sign-in form sent without its CSRF token
+                            page.fill("#id_username", "root")
+                            page.fill("#id_password", "not the password")
+                            page.evaluate("document.querySelector("
+                                          "'main input[name=csrfmiddlewaretoken]').remove()")
+                            with page.expect_navigation():
+                                page.locator("main button[type=submit]").click()
+                            assert page.locator("h1").inner_text() in {
+                                "This form has expired", "表单已过期"}
+                        else:
+                            page.goto(base + path)
                         assert page.evaluate("document.documentElement.lang") == language
                         if name == "streaming":
                             assert page.locator(

@@ -98,6 +98,17 @@ document.addEventListener("submit", async (event) => {
   }
 });
 
+// A title written by the model (chat.js tells): the rename fields start from it.
+document.addEventListener("conversation-title", (event) => {
+  const title = event.detail?.title;
+  if (!title) return;
+  const current = sidebarNav()?.dataset.current;
+  const field = current && document.querySelector(`[data-conversation-row="${CSS.escape(current)}"] input[name=title]`);
+  if (field && document.activeElement !== field) field.value = title;
+  const header = document.getElementById("rename-input");
+  if (header && document.activeElement !== header) header.value = title;
+});
+
 // Menus (the sidebar rows, the conversation header): Esc closes the open one and gives focus
 // back to its button; a click elsewhere closes them.
 const menuSelector = "details.row-menu[open], details.conv-menu[open]";

@@ -74,7 +74,6 @@ def test_conversations_are_grouped_pinned_first_then_by_age(owner: Any) -> None:
 
 def test_groups_follow_the_reader_s_time_zone(owner: Any) -> None:
     # 23:30 UTC yesterday is already today in Shanghai (UTC+8) at 12:00 UTC.
-    page = selectors.conversation_list_for_user(owner)
     chat = _chat(owner, "late night")
     Conversation.objects.filter(pk=chat.pk).update(
         updated_at=datetime.datetime(2026, 11, 19, 23, 30, tzinfo=datetime.UTC))
@@ -89,18 +88,23 @@ def test_groups_follow_the_reader_s_time_zone(owner: Any) -> None:
     assert selectors.user_zone("../../etc/passwd") == timezone.get_current_timezone()
 
 
-def test_the_time_zone_cookie_moves_a_conversation_to_today(owner: Any) -> None:
+def test_the_time_zone_cookie_decides_what_today_is(owner: Any) -> None:
     chat = _chat(owner, "edge of the day")
     now = timezone.now()
-    # Just before midnight UTC of today minus one day... expressed per zone: pick a moment that
-    # is yesterday in UTC but today in a zone ahead of it, whatever the clock says.
-    utc_midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    moment = utc_midnight - datetime.timedelta(minutes=30)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)  # UTC
+    if now.hour < 12:
+        # 23:30 UTC yesterday is already today twelve hours east of UTC.
+        moment, zone, in_utc, there = (midnight - datetime.timedelta(minutes=30), "Etc/GMT-12",
+                                       "yesterday", "today")
+    else:
+        # 00:30 UTC today is still yesterday twelve hours west of UTC.
+        moment, zone, in_utc, there = (midnight + datetime.timedelta(minutes=30), "Etc/GMT+12",
+                                       "today", "yesterday")
     Conversation.objects.filter(pk=chat.pk).update(updated_at=moment)
-    if now - utc_midnight > datetime.timedelta(hours=13):
-        pytest.skip("at this hour Kiritimati (UTC+14) is already a day ahead")
-    assert _groups_on_page(_sidebar(signed_in(owner), tz="UTC")) == ["yesterday"]
-    assert _groups_on_page(_sidebar(signed_in(owner), tz="Pacific/Kiritimati")) == ["today"]
+    assert _groups_on_page(_sidebar(signed_in(owner), tz="UTC")) == [in_utc]
+    assert _groups_on_page(_sidebar(signed_in(owner), tz=zone)) == [there]
+    # A cookie that is not a time zone is ignored.
+    assert _groups_on_page(_sidebar(signed_in(owner), tz="Nowhere/Atlantis")) == [in_utc]
 
 
 def test_group_names_are_in_the_reader_s_language(owner: Any) -> None:

@@ -25,6 +25,7 @@ from conversations.runtime import off_loop
 log = logging.getLogger(__name__)
 
 QUEUED_STALE_SECONDS = 600
+TITLE_STALE_SECONDS = 300  # a title call is given 30 s (answers/titles.py)
 REAPED_MESSAGE = REAPED
 
 
@@ -49,6 +50,12 @@ def reap_stale(now: datetime | None = None) -> list[tuple[uuid.UUID, uuid.UUID, 
             UsageRecord.objects.filter(message_id=message_id, finished_at__isnull=True).update(
                 finished_at=now, status=MessageStatus.INTERRUPTED, error_code="interrupted")
             reaped.append((conversation_id, message_id, seq))
+    # A title call whose process went away (a worker killed mid-call): its ledger row is
+    # closed; the conversation keeps its first line (answers/titles.py).
+    UsageRecord.objects.filter(
+        purpose=UsageRecord.Purpose.TITLE, finished_at__isnull=True,
+        started_at__lt=now - timedelta(seconds=TITLE_STALE_SECONDS)).update(
+        finished_at=now, status=MessageStatus.INTERRUPTED, error_code="interrupted")
     return reaped
 
 

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -25,7 +26,7 @@ from django.utils import timezone
 
 from chatsite.celery import app
 from conversations import events
-from conversations.answers import titles
+from conversations.answers import reaper, titles
 from conversations.chat import services
 from conversations.models import Budget, Conversation, Message, MessageStatus, UsageRecord
 from conversations.usage import accounting
@@ -398,3 +399,15 @@ def test_a_model_that_needs_an_image_cannot_write_titles(admin_user: Any) -> Non
     assert response.status_code == 200
     assert "cannot write titles" in response.content.decode()
     assert not ModelConfig.objects.filter(for_titles=True).exists()
+
+
+def test_the_reaper_closes_a_title_call_whose_process_went_away(owner: Any) -> None:
+    stale = _title_row(owner, finished=False)
+    fresh = _title_row(owner, finished=False)
+    UsageRecord.objects.filter(pk=stale.pk).update(
+        started_at=timezone.now() - timedelta(seconds=reaper.TITLE_STALE_SECONDS + 5))
+    reaper.reap_stale()
+    stale.refresh_from_db()
+    fresh.refresh_from_db()
+    assert stale.finished_at is not None and stale.status == "interrupted"
+    assert fresh.finished_at is None

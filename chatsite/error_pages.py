@@ -39,14 +39,13 @@ def _signed_in(request: HttpRequest) -> bool:
     return bool(user is not None and user.is_authenticated)
 
 
-def _ways_on(request: HttpRequest, *, sign_in: bool = True) -> list[dict[str, str]]:
-    """Links out of an error: back to the conversations, or to the sign-in page."""
+def _ways_on(request: HttpRequest, *, come_back: bool = True) -> list[dict[str, str]]:
+    """Links out of an error: back to the conversations, or to the sign-in page (and from there
+    back here, when signing in may be what was missing)."""
     if _signed_in(request):
         return [{"url": reverse("home"), "label": _("Back to your conversations")}]
-    if not sign_in:
-        return [{"url": reverse("home"), "label": _("Go to the start page")}]
     login = reverse("login")
-    if request.method == "GET" and not request.path.startswith(login):
+    if come_back and request.method == "GET" and not request.path.startswith(login):
         login += "?" + urlencode({"next": request.get_full_path()[:500]})
     return [{"url": login, "label": _("Sign in")}]
 
@@ -86,11 +85,13 @@ def page_not_found(request: HttpRequest, exception: Exception | None = None) -> 
     if path.startswith("/s/"):
         return _page(request, 404, "not_found", _("This share link no longer works"),
                      _("The link was revoked, has expired, or was copied incompletely."),
-                     _("Ask the person who shared it with you for a new link."))
+                     _("Ask the person who shared it with you for a new link."),
+                     _ways_on(request, come_back=False))
     if path.startswith(reverse("signup")):
         return _page(request, 404, "not_found", _("Sign-up is closed"),
                      _("New accounts on this site are made by an administrator."),
-                     _("Ask an administrator for an account, then sign in."))
+                     _("Ask an administrator for an account, then sign in."),
+                     _ways_on(request, come_back=False))
     if path.startswith("/c/"):
         return _page(request, 404, "not_found", _("Conversation not found"),
                      _("It does not exist, it was deleted, or it is not shared with you."),

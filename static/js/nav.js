@@ -30,16 +30,18 @@ const zone = (() => { try { return Intl.DateTimeFormat().resolvedOptions().timeZ
 const cookieZone = document.cookie.split("; ").find((c) => c.startsWith("tz="))?.slice(3);
 if (zone && decodeURIComponent(cookieZone || "") !== zone) {
   document.cookie = `tz=${encodeURIComponent(zone)}; path=/; max-age=31536000; SameSite=Lax`;
-  if (document.querySelector("[data-sidebar]")) refreshSidebar();
+  if (document.querySelector("[data-sidebar]")) refreshSidebar(null, { quiet: true });
 }
 
 // --- the sidebar ----------------------------------------------------------------------------
 function sidebarNav() { return document.querySelector("[data-sidebar]"); }
 
-async function refreshSidebar(focusId = null) {
+async function refreshSidebar(focusId = null, { quiet = false } = {}) {
   const nav = sidebarNav();
   const aside = nav?.closest("aside");
   if (!nav || !aside) return;
+  // A quiet refresh (the time zone became known) never replaces what the reader is using.
+  const busy = () => aside.contains(document.activeElement) || aside.querySelector("details[open]");
   const params = new URLSearchParams();
   for (const [key, name] of [["current", "current"], ["query", "q"], ["archived", "archived"], ["page", "page"]]) {
     if (nav.dataset[key]) params.set(name, nav.dataset[key]);
@@ -47,10 +49,15 @@ async function refreshSidebar(focusId = null) {
   const response = await fetch(`${nav.dataset.sidebarUrl}?${params}`, { credentials: "same-origin", headers: { Accept: "text/html" } });
   if (!response.ok) return;
   const html = await response.text();
+  if (quiet && busy()) return;
+  // The focus moves only when it was in the sidebar (a row action), never away from the
+  // composer or another field the reader is typing in.
+  const hadFocus = aside.contains(document.activeElement);
   // Our own server's rendering: every user text in it is escaped there.
   const template = document.createElement("template");
   template.innerHTML = html;
   aside.replaceChildren(template.content);
+  if (!hadFocus) return;
   const row = focusId && aside.querySelector(`[data-conversation-row="${CSS.escape(focusId)}"] .conv-item`);
   (row || aside.querySelector("#conv-search"))?.focus();
 }

@@ -273,6 +273,28 @@ def test_an_imported_conversation_is_marked_imported(signed_in_page: Any, owner:
     assert page.locator(f"[data-conversation-row='{source.pk}'] [data-imported]").count() == 0
 
 
+def test_learning_the_time_zone_never_takes_the_focus_from_the_composer(
+        signed_in_page: Any, owner: Any) -> None:
+    page = signed_in_page
+    _chat(owner, "Something to list")
+    page.context.clear_cookies(name="tz")
+    held: list[Any] = []  # the sidebar's refresh, answered only once the reader types
+    page.route("**/sidebar/**", lambda route: held.append(route))
+    page.goto(page.base + "/")
+    wait_js(page, "document.cookie.includes('tz=')")
+    page.focus("#id_text")
+    page.keyboard.type("typing right away")
+    for _ in range(50):
+        if held:
+            break
+        page.wait_for_timeout(100)
+    assert held, "a new time zone refreshes the sidebar"
+    held[0].continue_()
+    page.wait_for_timeout(500)  # the refresh has landed
+    assert page.evaluate("document.activeElement.id") == "id_text"
+    assert page.locator("#id_text").input_value() == "typing right away"
+
+
 # --- first use ----------------------------------------------------------------------------------
 def test_an_example_prompt_fills_the_composer_for_the_chosen_kind_of_model(
         signed_in_page: Any) -> None:

@@ -295,6 +295,22 @@ def test_learning_the_time_zone_never_takes_the_focus_from_the_composer(
     assert page.locator("#id_text").input_value() == "typing right away"
 
 
+def test_the_sidebar_and_the_switcher_read_in_chinese(signed_in_page: Any, owner: Any) -> None:
+    page = signed_in_page
+    conversation = _chat(owner, "今天的对话", text="你好")
+    _chat(owner, "Yesterday's", age=datetime.timedelta(days=1), pinned=True)
+    page.context.add_cookies([{"name": "django_language", "value": "zh-hans",
+                               "url": page.base}])
+    page.goto(f"{page.base}/c/{conversation.pk}/")
+    assert page.locator(".conv-group-title").all_text_contents() == ["已置顶", "今天"]
+    option = page.locator('#model-switch option[value="llama-3-70b"]').inner_text()
+    assert "免费" in option and "文本" in option
+    option = page.locator('#model-switch option[value="llama-3.2-3b"]').inner_text()
+    assert "每百万词元 $0.05 / $0.34" in option
+    page.emulate_media(color_scheme="dark")
+    screenshot(page, "nav-chinese-dark")
+
+
 # --- first use ----------------------------------------------------------------------------------
 def test_an_example_prompt_fills_the_composer_for_the_chosen_kind_of_model(
         signed_in_page: Any) -> None:

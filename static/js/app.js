@@ -44,10 +44,15 @@ let returnFocus = null;
 
 const drawerOpen = () => document.body.classList.contains("drawer-open");
 
+// While the drawer covers the page on a phone, the page behind it is inert: Tab stays inside.
+const behindDrawer = () => [document.getElementById("pane"), document.querySelector(".topbar"),
+  document.querySelector(".flash-stack"), ...document.querySelectorAll(".skip-link")].filter(Boolean);
+
 function syncDrawer() {
   if (!drawer) return;
   const open = drawerOpen();
   const hidden = phone.matches && !open;
+  for (const el of behindDrawer()) el.inert = phone.matches && open;
   drawer.inert = hidden;
   if (hidden) drawer.setAttribute("aria-hidden", "true");
   else drawer.removeAttribute("aria-hidden");
@@ -84,6 +89,25 @@ if (drawer) {
   });
   syncDrawer();
 }
+
+// Tab wraps around inside the open drawer instead of leaving the page.
+const FOCUSABLE = "a[href], button:not([disabled]), input:not([type=hidden]):not([disabled]), select, textarea, summary, [tabindex]:not([tabindex='-1'])";
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "Tab" || !drawer || !drawerOpen() || !phone.matches) return;
+  // checkVisibility also leaves out the insides of closed <details> (which keep their boxes).
+  const shown = (el) => (el.checkVisibility ? el.checkVisibility() : el.getClientRects().length > 0);
+  const items = [...drawer.querySelectorAll(FOCUSABLE)].filter(shown);
+  if (!items.length) return;
+  const first = items[0], last = items[items.length - 1];
+  const inside = drawer.contains(document.activeElement);
+  if (event.shiftKey && (document.activeElement === first || !inside)) {
+    event.preventDefault();
+    last.focus();
+  } else if (!event.shiftKey && (document.activeElement === last || !inside)) {
+    event.preventDefault();
+    first.focus();
+  }
+});
 
 document.addEventListener("keydown", (event) => {
   if (event.key !== "Escape" || event.defaultPrevented) return;

@@ -226,6 +226,14 @@ def test_the_phone_drawer_reports_its_state_takes_focus_and_closes_with_esc(
     assert sidebar.get_attribute("aria-hidden") is None
     assert page.evaluate("!!document.activeElement.closest('#sidebar')")
     assert sidebar.bounding_box()["x"] == 0
+    # While open, Tab stays inside it (the page behind is inert).
+    for _ in range(15):
+        page.keyboard.press("Tab")
+        assert page.evaluate("!!document.activeElement.closest('#sidebar')"), page.evaluate(
+            "document.activeElement.outerHTML.slice(0, 200)")
+    for _ in range(10):
+        page.keyboard.press("Shift+Tab")
+        assert page.evaluate("!!document.activeElement.closest('#sidebar')")
     # Esc closes it and gives focus back to the toggle.
     page.keyboard.press("Escape")
     page.wait_for_timeout(300)

@@ -8,6 +8,7 @@ import zoneinfo
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
+from urllib.parse import unquote
 
 from django.core.paginator import Page, Paginator
 from django.db.models import OuterRef, Q, QuerySet, Subquery
@@ -93,7 +94,9 @@ class SidebarGroup:
 
 
 def user_zone(name: str | None) -> datetime.tzinfo:
-    """The browser's time zone (an IANA name) when it is a real one; the site's otherwise."""
+    """The browser's time zone (an IANA name, maybe URL-encoded) when it is a real one; the
+    site's otherwise."""
+    name = unquote(name or "")[:64]
     if name:
         try:
             return zoneinfo.ZoneInfo(name)

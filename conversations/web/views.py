@@ -69,7 +69,7 @@ def _list_context(request: HttpRequest, current: Conversation | None = None) -> 
     zone = selectors.user_zone(request.COOKIES.get("tz"))
     groups = selectors.sidebar_groups(request.user, page, query=query, zone=zone)
     return {"page": page, "groups": groups, "query": query, "archived": archived,
-            "current": current, "next_url": request.get_full_path()}
+            "current": current, "next_url": request.get_full_path(), "zone_name": str(zone)}
 
 
 def _models_context(user: Any) -> dict[str, Any]:

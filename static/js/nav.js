@@ -30,7 +30,9 @@ const zone = (() => { try { return Intl.DateTimeFormat().resolvedOptions().timeZ
 const cookieZone = document.cookie.split("; ").find((c) => c.startsWith("tz="))?.slice(3);
 if (zone && decodeURIComponent(cookieZone || "") !== zone) {
   document.cookie = `tz=${encodeURIComponent(zone)}; path=/; max-age=31536000; SameSite=Lax`;
-  if (document.querySelector("[data-sidebar]")) refreshSidebar(null, { quiet: true });
+  // Refreshed only when the server grouped the list in another zone than the reader's.
+  const nav = document.querySelector("[data-sidebar]");
+  if (nav && nav.dataset.zone !== zone) refreshSidebar(null, { quiet: true });
 }
 
 // --- the sidebar ----------------------------------------------------------------------------

@@ -274,14 +274,21 @@ def test_an_imported_conversation_is_marked_imported(signed_in_page: Any, owner:
 
 
 def test_learning_the_time_zone_never_takes_the_focus_from_the_composer(
-        signed_in_page: Any, owner: Any) -> None:
-    page = signed_in_page
+        live_app: Any, emulated: Any, browser: Any, owner: Any) -> None:
+    # A reader east of the server's zone (UTC): the page learns it and regroups the sidebar.
+    context = browser.new_context(timezone_id="Asia/Shanghai")
+    page = context.new_page()
+    page.goto(live_app.url + "/accounts/login/")
+    page.fill("#id_username", "alice")
+    page.fill("#id_password", PASSWORD)
+    page.click("main button[type=submit]")
+    page.wait_for_url(live_app.url + "/")
     _chat(owner, "Something to list")
-    page.context.clear_cookies(name="tz")
+    context.clear_cookies(name="tz")
     held: list[Any] = []  # the sidebar's refresh, answered only once the reader types
     page.route("**/sidebar/**", lambda route: held.append(route))
-    page.goto(page.base + "/")
-    wait_js(page, "document.cookie.includes('tz=')")
+    page.goto(live_app.url + "/")
+    wait_js(page, "document.cookie.includes('tz=Asia%2FShanghai')")
     page.focus("#id_text")
     page.keyboard.type("typing right away")
     for _ in range(50):
@@ -293,6 +300,12 @@ def test_learning_the_time_zone_never_takes_the_focus_from_the_composer(
     page.wait_for_timeout(500)  # the refresh has landed
     assert page.evaluate("document.activeElement.id") == "id_text"
     assert page.locator("#id_text").input_value() == "typing right away"
+    # Once the zone is known, pages come grouped in it and nothing is refreshed again.
+    page.goto(live_app.url + "/")
+    assert page.locator("[data-sidebar]").get_attribute("data-zone") == "Asia/Shanghai"
+    page.wait_for_timeout(300)
+    assert len(held) == 1
+    context.close()
 
 
 def test_the_sidebar_and_the_switcher_read_in_chinese(signed_in_page: Any, owner: Any) -> None:

@@ -83,6 +83,8 @@ def test_groups_follow_the_reader_s_time_zone(owner: Any) -> None:
                                         zone=selectors.user_zone("Asia/Shanghai"))
     assert [g.key for g in utc] == ["yesterday"]
     assert [g.key for g in shanghai] == ["today"]
+    # The page writes the cookie URL-encoded.
+    assert selectors.user_zone("Asia%2FShanghai") == selectors.user_zone("Asia/Shanghai")
     # A made-up zone falls back to the site's.
     assert selectors.user_zone("Mars/Olympus") == timezone.get_current_timezone()
     assert selectors.user_zone("../../etc/passwd") == timezone.get_current_timezone()

@@ -168,28 +168,47 @@ for (const form of document.querySelectorAll("form[data-model-switch]")) {
     note.classList.remove("attach-error");
   };
 
+  let sending = false;
   const submit = async () => {
-    const chosen = select.value;
-    if (chosen === applied) return;
-    const sent = postJSON(form.action, form); // the form's data is read before it is disabled
-    select.disabled = true;
+    if (sending || select.value === applied) return;
+    sending = true;
+    select.setAttribute("aria-busy", "true");
     try {
-      const data = await sent;
+      const data = await postJSON(form.action, form);
       applied = data.model.slug;
       status.textContent = [data.message, ...data.notes].join(" ");
+      status.classList.add("visually-hidden");
+      status.classList.remove("model-switch-error");
       form.dataset.applied = applied;
       applyToComposer(data.model, data.notes);
     } catch (error) {
       select.value = applied; // nothing changed on the server
-      status.textContent = error.message;
+      status.textContent = error.message || form.dataset.errorText || "";
       status.classList.remove("visually-hidden");
       status.classList.add("model-switch-error");
     } finally {
-      select.disabled = false;
-      select.focus();
+      sending = false;
+      select.removeAttribute("aria-busy");
+      // A choice made while the last one was on its way.
+      if (select.value !== applied && document.activeElement !== select) submit();
     }
   };
-  select.addEventListener("change", submit);
+  // A pick with the mouse applies at once. From the keyboard, arrow keys only move through the
+  // models; Enter applies the choice, and so does leaving the menu after changing it (the same
+  // rule as the language menu), so browsing the list does not switch at every step.
+  let fromKeyboard = false;
+  select.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      fromKeyboard = false;
+      submit();
+    } else if (event.key !== "Tab") {
+      fromKeyboard = true;
+    }
+  });
+  select.addEventListener("pointerdown", () => { fromKeyboard = false; });
+  select.addEventListener("change", () => { if (!fromKeyboard) submit(); });
+  select.addEventListener("blur", () => { fromKeyboard = false; submit(); });
   form.addEventListener("submit", (event) => { event.preventDefault(); submit(); });
 }
 

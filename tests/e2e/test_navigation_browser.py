@@ -99,6 +99,28 @@ def test_switching_the_model_makes_the_next_answer_come_from_it_and_a_reload_kee
     assert page.console_errors == []
 
 
+def test_the_switcher_works_from_the_keyboard_and_browsing_it_switches_nothing(
+        signed_in_page: Any, owner: Any) -> None:
+    page = signed_in_page
+    conversation = _chat(owner, "Keyboard only", text="hello")
+    page.goto(f"{page.base}/c/{conversation.pk}/")
+    page.focus("#model-switch")
+    start = page.locator("#model-switch").input_value()
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowDown")
+    browsed = page.locator("#model-switch").input_value()
+    assert browsed != start
+    page.wait_for_timeout(400)
+    conversation.refresh_from_db()
+    assert conversation.model.slug == start, "browsing with the arrow keys switched already"
+    page.keyboard.press("Enter")
+    wait_js(page, "document.querySelector('[data-model-switch]').dataset.applied === "
+                  f"'{browsed}'")
+    conversation.refresh_from_db()
+    assert conversation.model.slug == browsed
+    assert page.evaluate("document.activeElement.id") == "model-switch"
+
+
 def test_switching_to_a_model_that_needs_an_image_says_so_in_the_composer(
         signed_in_page: Any, owner: Any) -> None:
     page = signed_in_page

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from django import forms
 from django.conf import settings
 from django.contrib import messages as flash
@@ -25,6 +27,7 @@ class TokenForm(forms.Form):
 
 
 SESSION_KEY = "api_token_created"
+SHOW_SECONDS = 300
 
 
 @login_required
@@ -46,11 +49,13 @@ def token_list(request: HttpRequest) -> HttpResponse:
             form.add_error("name", str(exc))
         else:
             request.session[SESSION_KEY] = {"name": created.token.name,
-                                            "secret": created.secret}
+                                            "secret": created.secret, "at": time.time()}
             return redirect("api_tokens")
     shown = request.session.pop(SESSION_KEY, None) if request.method == "GET" else None
+    # Shown on the page the redirect leads to, not on a visit long after (never shown twice).
+    fresh = isinstance(shown, dict) and time.time() - float(shown.get("at", 0)) < SHOW_SECONDS
     new_token = ({"token": {"name": shown.get("name", "")}, "secret": shown.get("secret", "")}
-                 if isinstance(shown, dict) else None)
+                 if fresh and isinstance(shown, dict) else None)
     response = render(request, "account/tokens.html", {
         "form": form,
         "new_token": new_token,

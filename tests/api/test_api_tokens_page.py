@@ -124,3 +124,26 @@ def test_creating_and_revoking_are_audited_without_the_secret(owner: Any) -> Non
 def test_the_token_page_shows_the_api_base_url(owner: Any, settings: Any) -> None:
     settings.SITE_URL = "https://chat.example.com"
     assert "https://chat.example.com/v1" in signed_in(owner).get(PAGE).content.decode()
+
+
+def test_a_reload_after_creating_shows_nothing_and_creates_nothing(owner: Any) -> None:
+    client = signed_in(owner)
+    response = client.post(PAGE, {"name": "reloaded"})
+    assert response.status_code == 302 and response["Location"] == PAGE  # no secret in a URL
+    first = client.get(PAGE)
+    assert TOKEN.search(first.content.decode())
+    again = client.get(PAGE)  # the reload
+    assert TOKEN.search(again.content.decode()) is None
+    assert ApiToken.objects.filter(user=owner).count() == 1
+
+
+def test_a_token_left_in_the_session_is_not_shown_much_later(owner: Any) -> None:
+    from conversations.web import token_views
+
+    client = signed_in(owner)
+    client.post(PAGE, {"name": "forgotten"})
+    session = client.session
+    session[token_views.SESSION_KEY]["at"] -= token_views.SHOW_SECONDS + 1
+    session.save()
+    assert TOKEN.search(client.get(PAGE).content.decode()) is None
+    assert token_views.SESSION_KEY not in client.session

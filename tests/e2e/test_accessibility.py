@@ -227,6 +227,7 @@ ADMIN_PAGES = [
     "/admin/conversations/usagerecord/", "/admin/conversations/apitoken/",
     "/admin/conversations/sharelink/", "/admin/conversations/auditevent/",
     "/admin/reports/usage/", "/admin/password_change/",
+    "/accounts/password/",  # not the admin's, but the same kind of form page
 ]
 
 

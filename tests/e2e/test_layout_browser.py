@@ -132,6 +132,14 @@ def test_banners_never_push_the_composer_off_screen(fresh_app: Any, emulated: An
     _in_viewport(page, "#composer-text")
     _open_drawer(page)
     _sidebar_reaches_the_bottom(page)
+    # Banners can be dismissed; the thread gets their room back.
+    page.keyboard.press("Escape")
+    before = page.locator("#messages").bounding_box()["height"]
+    for _ in range(3):
+        page.locator(".flash-dismiss").first.click()
+    assert page.locator(".flash-stack").count() == 0
+    assert page.locator("#messages").bounding_box()["height"] > before
+    _in_viewport(page, "#composer [data-send]")
     context.close()
 
 

@@ -106,7 +106,7 @@ def main() -> int:
 
     def stop(signum: int, frame: FrameType | None) -> None:
         # Ctrl-C reaches every process of the terminal's group already; a SIGTERM sent to us
-        # alone is passed on, so that daphne drains.
+        # alone is passed on, so that daphne drains (the emulators stop after it, below).
         if signum == signal.SIGTERM:
             for child in children:
                 if child.poll() is None:
@@ -121,10 +121,12 @@ def main() -> int:
         if args.demo:
             log.parent.mkdir(parents=True, exist_ok=True)
             with log.open("wb") as handle:
+                # Its own session: Ctrl-C reaches daphne, which drains its answers for a few
+                # seconds; the emulators must keep answering meanwhile, and stop after it.
                 emulators = subprocess.Popen(
                     [python, "manage.py", "run_emulators", "--port", str(args.emulator_port)],
-                    cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
-            children.append(emulators)
+                    cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                    start_new_session=True)
             if not wait_for_port("127.0.0.1", args.emulator_port, emulators, timeout=30):
                 say(f"The provider emulators did not start on port {args.emulator_port}; "
                     f"see {log}.")

@@ -121,14 +121,15 @@ document.addEventListener("conversation-title", (event) => {
 // Menus (the sidebar rows, the conversation header): Esc closes the open one and gives focus
 // back to its button; a click elsewhere closes them.
 const menuSelector = "details.row-menu[open], details.conv-menu[open]";
+// (Captured, so that the menu closes first: the phone drawer around it stays open.)
 document.addEventListener("keydown", (event) => {
-  if (event.key !== "Escape") return;
+  if (event.key !== "Escape" || event.defaultPrevented) return;
   const open = event.target.closest?.(menuSelector) || document.querySelector(menuSelector);
   if (!open) return;
   open.removeAttribute("open");
   open.querySelector("summary")?.focus();
-  event.stopPropagation();
-});
+  event.preventDefault();
+}, true);
 document.addEventListener("click", (event) => {
   for (const menu of document.querySelectorAll(menuSelector)) {
     if (!menu.contains(event.target)) menu.removeAttribute("open");

@@ -238,6 +238,25 @@ def test_the_row_menu_renames_pins_archives_and_deletes_without_a_reload(
     assert page.console_errors == []
 
 
+def test_esc_on_an_open_row_menu_closes_it_and_leaves_a_running_answer_alone(
+        signed_in_page: Any) -> None:
+    page = signed_in_page
+    page.select_option("#id_model", "llama-3.2-3b")
+    page.fill("#id_text", "A long story [[emu:tokens n=200 rate=20]]")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/c/**")
+    page.wait_for_selector('.msg-assistant:last-of-type[data-status="streaming"]')
+    menu = page.locator(".conv-row.current .row-menu")
+    menu.locator("summary").click()
+    assert menu.get_attribute("open") is not None
+    page.keyboard.press("Escape")
+    assert menu.get_attribute("open") is None
+    page.wait_for_timeout(500)
+    assert _last_answer(page).get_attribute("data-status") == "streaming"
+    page.click("[data-stop]")
+    page.wait_for_selector('.msg-assistant:last-of-type[data-status="stopped"]')
+
+
 def test_the_row_menu_works_without_scripts(live_app: Any, emulated: Any, browser: Any,
                                             owner: Any) -> None:
     context = browser.new_context(java_script_enabled=False)

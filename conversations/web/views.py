@@ -312,6 +312,8 @@ def sidebar_fragment(request: HttpRequest) -> HttpResponse:
             current = get_conversation_for(request.user, request.GET["current"], Access.READ)
         except Http404:
             current = None
+        if current is not None and is_oversight(request.user, current):
+            current = None  # an oversight read is audited on its page, never listed
     context = _list_context(request, current)
     # The row forms come back to the page the sidebar is on, not to this fragment.
     context["next_url"] = (reverse("conversation", args=[current.pk]) if current

@@ -135,7 +135,7 @@ document.addEventListener("click", (event) => {
     if (!menu.contains(event.target)) menu.removeAttribute("open");
   }
 });
-// One row menu open at a time; opening one puts the focus on its first field.
+// One row menu open at a time.
 document.addEventListener("toggle", (event) => {
   const menu = event.target;
   if (!(menu instanceof HTMLDetailsElement) || !menu.open || !menu.matches(".row-menu")) return;

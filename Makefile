@@ -7,7 +7,7 @@ PORT ?= 8000
 HOST ?= 127.0.0.1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run demo test install install-dev migrate assets worker beat emulators lint typecheck messages check-deploy bench clean
+.PHONY: run demo test install install-dev migrate assets worker beat emulators lint typecheck messages check-deploy bench screenshots clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,12 @@ node_modules/.installed: package.json package-lock.json
 test: install-dev node_modules/.installed
 	$(PY) manage.py compile_translations
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The README's pictures of the chat page, taken by a browser test (CJK fonts make the Chinese one
+# readable: apt-get install fonts-wqy-microhei fonts-noto-color-emoji).
+screenshots: install-dev
+	$(PY) manage.py compile_translations
+	SCREENSHOTS_DIR=docs/screenshots $(PY) -m pytest tests/e2e/test_screenshots.py -q
 
 bench: install-dev
 	$(PY) bench/run.py $(BENCH_ARGS)

@@ -30,6 +30,22 @@ function htmlToElement(html) {
 
 // --- small page behaviours (the phone drawer is static/js/app.js's) -------------------------
 
+// Rendered answers are cached and shared by readers of every language, so a code block's Copy
+// button arrives with the server's default label: the page names it in the reader's language,
+// on load and whenever HTML is inserted (streamed blocks, final answers, reloaded threads).
+function labelCopyButtons(scope) {
+  const label = t("copy");
+  for (const button of scope.querySelectorAll("[data-copy]")) {
+    if (button.textContent !== label && button.textContent !== t("copied")) button.textContent = label;
+  }
+}
+labelCopyButtons(document);
+new MutationObserver((records) => {
+  for (const record of records) {
+    for (const node of record.addedNodes) if (node.nodeType === Node.ELEMENT_NODE) labelCopyButtons(node.parentElement || node);
+  }
+}).observe(document.body, { childList: true, subtree: true });
+
 document.addEventListener("click", async (event) => {
   const copy = event.target.closest("[data-copy]");
   if (copy) {

@@ -389,6 +389,24 @@ def test_the_answer_is_announced_in_chinese(chat: Any, live_app: Any) -> None:
     assert page.locator("#shortcuts-title").inner_text() == "键盘快捷键"
 
 
+def test_code_blocks_offer_copy_in_the_readers_language(chat: Any, live_app: Any,
+                                                         emulated: Any) -> None:
+    # Rendered answers are cached and shared by readers of every language: the label is the
+    # page's to set, on answers that streamed in and on answers read after a reload.
+    page = chat
+    page.context.add_cookies([{"name": "django_language", "value": "zh-hans",
+                               "url": live_app.url}])
+    page.goto(live_app.url + "/")
+    emulated.script("cloudflare", "verbatim")
+    _start(page, "```python\nprint(1)\n```")
+    _wait_status(page, "complete")
+    labels = page.locator(".msg-assistant [data-copy]").all_inner_texts()
+    assert labels == ["复制"], labels
+    page.reload()
+    labels = page.locator(".msg-assistant [data-copy]").all_inner_texts()
+    assert labels == ["复制"], labels
+
+
 def test_esc_and_cancel_close_an_edit_without_sending(chat: Any) -> None:
     page = chat
     _start(page, "Original [[emu:tokens n=3]]")

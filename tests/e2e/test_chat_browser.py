@@ -15,45 +15,23 @@ import pytest
 
 from conversations.models import Message
 from tests.conftest import PASSWORD, screenshot
+from tests.e2e.browser import last_answer, sign_in, start_chat, wait_js, wait_status
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
 def chat(live_app: Any, emulated: Any, page: Any, owner: Any) -> Any:
-    page.goto(live_app.url + "/accounts/login/")
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(live_app.url + "/")
+    sign_in(page, live_app.url)
     return page
 
 
-def _start(page: Any, text: str, model: str = "llama-3.2-3b") -> None:
-    page.select_option("#id_model", model)
-    page.fill("#id_text", text)
-    page.keyboard.press("Enter")
-    page.wait_for_url("**/c/**")
 
 
-def _last_answer(page: Any) -> Any:
-    return page.locator(".msg-assistant").last
 
 
-def _wait_status(page: Any, status: str, timeout: float = 20_000) -> None:
-    page.wait_for_selector(f'.msg-assistant:last-of-type[data-status="{status}"]',
-                           timeout=timeout)
 
 
-def wait_js(page: Any, expression: str, timeout: float = 20.0) -> None:
-    """Poll a JS expression with page.evaluate: wait_for_function would need 'unsafe-eval',
-    which our Content-Security-Policy (rightly) refuses."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if page.evaluate(expression):
-            return
-        page.wait_for_timeout(50)
-    raise AssertionError(f"timed out waiting for {expression}")
 
 
 def _stored(seq: int) -> Message:
@@ -62,35 +40,35 @@ def _stored(seq: int) -> Message:
 
 def test_a_new_chat_streams_token_by_token_and_matches_a_reload(chat: Any) -> None:
     page = chat
-    _start(page, "Tell me about llamas [[emu:tokens n=60 rate=25]]")
+    start_chat(page, "Tell me about llamas [[emu:tokens n=60 rate=25]]")
     lengths = set()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        status = _last_answer(page).get_attribute("data-status")
-        lengths.add(len(_last_answer(page).inner_text()))
+        status = last_answer(page).get_attribute("data-status")
+        lengths.add(len(last_answer(page).inner_text()))
         if status == "complete":
             break
         page.wait_for_timeout(150)
     assert len(lengths) >= 4, "the answer should appear progressively"
     screenshot(page, "chat-complete")
-    live = _last_answer(page).locator(".md").inner_html()
-    seq = int(_last_answer(page).get_attribute("data-seq"))
+    live = last_answer(page).locator(".md").inner_html()
+    seq = int(last_answer(page).get_attribute("data-seq"))
     page.reload()
-    assert _last_answer(page).locator(".md").inner_html() == live
-    assert _last_answer(page).inner_text().startswith("Llama 3.2 3B Instruct")
+    assert last_answer(page).locator(".md").inner_html() == live
+    assert last_answer(page).inner_text().startswith("Llama 3.2 3B Instruct")
     assert "lorem" in _stored(seq).content
     assert page.console_errors == []
 
 
 def test_stop_keeps_what_was_written(chat: Any) -> None:
     page = chat
-    _start(page, "A very long story [[emu:tokens n=400 rate=20]]")
+    start_chat(page, "A very long story [[emu:tokens n=400 rate=20]]")
     wait_js(page,
         "document.querySelector('.msg-assistant:last-of-type [data-tail]')"
         "?.textContent.length > 30")
     page.click("[data-stop]")
-    _wait_status(page, "stopped")
-    answer = _last_answer(page)
+    wait_status(page, "stopped")
+    answer = last_answer(page)
     assert "Stopped. What was written is kept." in answer.inner_text()
     stored = _stored(int(answer.get_attribute("data-seq")))
     assert stored.status == "stopped"
@@ -104,18 +82,18 @@ def test_stop_keeps_what_was_written(chat: Any) -> None:
 
 def test_regenerate_and_step_between_attempts(chat: Any) -> None:
     page = chat
-    _start(page, "First try [[emu:tokens n=12]]")
-    _wait_status(page, "complete")
-    first = _last_answer(page).locator(".md").inner_text()
+    start_chat(page, "First try [[emu:tokens n=12]]")
+    wait_status(page, "complete")
+    first = last_answer(page).locator(".md").inner_text()
     page.fill("#composer-text", "Follow-up [[emu:tokens n=8]]")
     page.keyboard.press("Enter")
     page.wait_for_selector(".msg-assistant >> nth=1")
-    _wait_status(page, "complete")
-    _last_answer(page).locator("[data-regenerate] button").click()
+    wait_status(page, "complete")
+    last_answer(page).locator("[data-regenerate] button").click()
     page.wait_for_selector(".msg-assistant:last-of-type .sibling-pos")
-    _wait_status(page, "complete")
-    assert _last_answer(page).locator(".sibling-pos").inner_text() == "2/2"
-    _last_answer(page).locator(".siblings button[aria-label='Previous version']").click()
+    wait_status(page, "complete")
+    assert last_answer(page).locator(".sibling-pos").inner_text() == "2/2"
+    last_answer(page).locator(".siblings button[aria-label='Previous version']").click()
     wait_js(page,
         "document.querySelector('.msg-assistant:last-of-type .sibling-pos')?.textContent"
         " === '1/2'")
@@ -125,39 +103,39 @@ def test_regenerate_and_step_between_attempts(chat: Any) -> None:
 
 def test_editing_a_prompt_makes_a_branch_and_both_stay(chat: Any) -> None:
     page = chat
-    _start(page, "Original question [[emu:tokens n=10]]")
-    _wait_status(page, "complete")
+    start_chat(page, "Original question [[emu:tokens n=10]]")
+    wait_status(page, "complete")
     user = page.locator(".msg-user").first
     user.locator(".edit-prompt summary").click()
     user.locator(".edit-form textarea").fill("Edited question [[emu:tokens n=10]]")
     user.locator(".edit-form button[type=submit]").click()
     wait_js(page,
         "document.querySelector('.msg-user .sibling-pos')?.textContent === '2/2'")
-    _wait_status(page, "complete")
+    wait_status(page, "complete")
     assert "Edited question" in page.locator(".msg-user").first.inner_text()
-    assert "Echo: Edited question" in _last_answer(page).inner_text()
+    assert "Echo: Edited question" in last_answer(page).inner_text()
     page.locator(".msg-user .siblings button[aria-label='Previous version']").click()
     wait_js(page,
         "document.querySelector('.msg-user .sibling-pos')?.textContent === '1/2'")
     assert "Original question" in page.locator(".msg-user").first.inner_text()
-    assert "Echo: Original question" in _last_answer(page).inner_text()
+    assert "Echo: Original question" in last_answer(page).inner_text()
     assert Message.objects.filter(role="user").count() == 2
     screenshot(page, "chat-branches")
 
 
 def test_a_reload_mid_answer_continues_the_same_answer(chat: Any) -> None:
     page = chat
-    _start(page, "Keep going [[emu:tokens n=120 rate=25]]")
+    start_chat(page, "Keep going [[emu:tokens n=120 rate=25]]")
     wait_js(page,
         "document.querySelector('.msg-assistant:last-of-type [data-tail]')"
         "?.textContent.length > 20")
     page.reload()
-    assert _last_answer(page).get_attribute("data-status") in ("streaming", "queued")
-    _wait_status(page, "complete", timeout=30_000)
-    seq = int(_last_answer(page).get_attribute("data-seq"))
-    live = _last_answer(page).locator(".md").inner_html()
+    assert last_answer(page).get_attribute("data-status") in ("streaming", "queued")
+    wait_status(page, "complete", timeout=30_000)
+    seq = int(last_answer(page).get_attribute("data-seq"))
+    live = last_answer(page).locator(".md").inner_html()
     page.reload()
-    assert _last_answer(page).locator(".md").inner_html() == live
+    assert last_answer(page).locator(".md").inner_html() == live
     assert _stored(seq).status == "complete"
 
 
@@ -187,10 +165,10 @@ def test_an_xss_corpus_in_model_output_runs_nothing_and_loads_nothing_remote(
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
     page.add_init_script("window.alert = () => { window.__xss = 'alert'; };")
-    _start(page, "[[emu:verbatim]] " + XSS)
-    _wait_status(page, "complete", timeout=30_000)
+    start_chat(page, "[[emu:verbatim]] " + XSS)
+    wait_status(page, "complete", timeout=30_000)
     for _ in range(2):  # the live DOM, then a reload of the stored answer
-        body = _last_answer(page).locator(".md")
+        body = last_answer(page).locator(".md")
         for element in body.locator("a, button").all():
             element.click(modifiers=["Alt"], no_wait_after=True, timeout=2000, force=True)
         body.hover()
@@ -254,8 +232,8 @@ def test_on_a_phone_the_list_is_a_drawer_and_the_chat_still_works(live_app: Any,
         page.fill("#id_password", PASSWORD)
         page.click("button[type=submit]")
         page.wait_for_url(live_app.url + "/")
-        _start(page, "Hello from a phone [[emu:tokens n=20]]")
-        _wait_status(page, "complete")
+        start_chat(page, "Hello from a phone [[emu:tokens n=20]]")
+        wait_status(page, "complete")
         sidebar = page.locator("#sidebar")
         assert sidebar.bounding_box()["x"] < 0  # off screen until asked for
         page.click("[data-drawer-open]")

@@ -13,9 +13,11 @@ import time
 from typing import Any
 
 import pytest
+from django.db import connection
 
 from conversations.models import Message
-from tests.conftest import PASSWORD, screenshot
+from tests.conftest import screenshot
+from tests.e2e.browser import last_answer, sign_in, start_chat, wait_js, wait_status
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -24,39 +26,16 @@ FINAL = ("complete", "stopped", "failed", "interrupted")
 
 @pytest.fixture
 def chat(live_app: Any, emulated: Any, page: Any, owner: Any) -> Any:
-    page.goto(live_app.url + "/accounts/login/")
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(live_app.url + "/")
+    sign_in(page, live_app.url)
     return page
 
 
-def wait_js(page: Any, expression: str, timeout: float = 20.0) -> None:
-    """Poll a JS expression with page.evaluate: wait_for_function would need 'unsafe-eval',
-    which our Content-Security-Policy (rightly) refuses."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if page.evaluate(expression):
-            return
-        page.wait_for_timeout(25)
-    raise AssertionError(f"timed out waiting for {expression}")
 
 
-def _start(page: Any, text: str, model: str = "llama-3.2-3b") -> None:
-    page.select_option("#id_model", model)
-    page.fill("#id_text", text)
-    page.press("#id_text", "Enter")
-    page.wait_for_url("**/c/**")
 
 
-def _last_answer(page: Any) -> Any:
-    return page.locator(".msg-assistant").last
 
 
-def _wait_status(page: Any, status: str, timeout: float = 20_000) -> None:
-    page.wait_for_selector(f'.msg-assistant:last-of-type[data-status="{status}"]',
-                           timeout=timeout)
 
 
 def _answers(page: Any) -> int:
@@ -86,10 +65,15 @@ def _hold_post_replies_until_answer_ended(page: Any) -> list[int]:
             route.fulfill(response=response)
             return
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if Message.objects.filter(seq=seq, role="assistant", status__in=FINAL).exists():
-                break
-            time.sleep(0.02)
+        try:
+            while time.monotonic() < deadline:
+                if Message.objects.filter(seq=seq, role="assistant", status__in=FINAL).exists():
+                    break
+                time.sleep(0.02)
+        finally:
+            # Playwright runs this handler in a context of its own, with its own database
+            # connection: give it back, or each held reply keeps one of PostgreSQL's pool.
+            connection.close()
         time.sleep(0.15)  # and let its final frames reach the page first
         held.append(seq)
         route.fulfill(response=response)
@@ -101,8 +85,8 @@ def _hold_post_replies_until_answer_ended(page: Any) -> list[int]:
 # --- defect 1: the composer is never stuck --------------------------------------------------
 def test_the_composer_is_free_after_each_fast_answer(chat: Any) -> None:
     page = chat
-    _start(page, "Warm up [[emu:tokens n=1]]")
-    _wait_status(page, "complete")
+    start_chat(page, "Warm up [[emu:tokens n=1]]")
+    wait_status(page, "complete")
     wait_js(page, "!document.querySelector('[data-send]').disabled", timeout=5)
     held = _hold_post_replies_until_answer_ended(page)
     for round_ in range(12):
@@ -111,7 +95,7 @@ def test_the_composer_is_free_after_each_fast_answer(chat: Any) -> None:
         page.press("#composer-text", "Enter")  # Enter sends: the previous answer freed the composer
         wait_js(page, f"document.querySelectorAll('.msg-assistant').length === {before + 1}",
                 timeout=10)
-        _wait_status(page, "complete", timeout=10_000)
+        wait_status(page, "complete", timeout=10_000)
         # At once: no reload, no waiting for anything but the answer's own end.
         wait_js(page, "(() => { const s = document.querySelector('[data-send]');"
                       " return !s.disabled && document.querySelector('[data-stop]').hidden; })()",
@@ -127,7 +111,7 @@ def test_the_composer_is_free_after_each_fast_answer(chat: Any) -> None:
         page.press("#composer-text", "Enter")
         wait_js(page, f"document.querySelectorAll('.msg-assistant').length === {before + 1}",
                 timeout=10)
-        _wait_status(page, "complete", timeout=10_000)
+        wait_status(page, "complete", timeout=10_000)
         wait_js(page, "(() => { const s = document.querySelector('[data-send]');"
                       " return !s.disabled && document.querySelector('[data-stop]').hidden; })()",
                 timeout=2)
@@ -137,10 +121,10 @@ def test_the_composer_is_free_after_each_fast_answer(chat: Any) -> None:
 
 def test_a_slow_answer_keeps_send_disabled_and_stop_visible_until_it_ends(chat: Any) -> None:
     page = chat
-    _start(page, "Take your time [[emu:tokens n=40 rate=20]]")
+    start_chat(page, "Take your time [[emu:tokens n=40 rate=20]]")
     page.wait_for_selector(".msg-assistant")
     seen_busy = 0
-    while _last_answer(page).get_attribute("data-status") in ("queued", "streaming"):
+    while last_answer(page).get_attribute("data-status") in ("queued", "streaming"):
         busy = page.evaluate(
             "(() => { const s = document.querySelector('[data-send]');"
             " const stop = document.querySelector('[data-stop]');"
@@ -153,7 +137,7 @@ def test_a_slow_answer_keeps_send_disabled_and_stop_visible_until_it_ends(chat: 
             seen_busy += 1
         page.wait_for_timeout(100)
     assert seen_busy >= 5
-    _wait_status(page, "complete")
+    wait_status(page, "complete")
     wait_js(page, "!document.querySelector('[data-send]').disabled", timeout=2)
     assert _send_is_free(page)
     # Enter while an answer runs does not send a second prompt.
@@ -165,7 +149,7 @@ def test_a_slow_answer_keeps_send_disabled_and_stop_visible_until_it_ends(chat: 
     page.wait_for_timeout(300)
     assert _answers(page) == 2
     assert page.input_value("#composer-text") == "Not now"
-    _wait_status(page, "complete")
+    wait_status(page, "complete")
     wait_js(page, "!document.querySelector('[data-send]').disabled", timeout=2)
     screenshot(page, "chat-page-composer-free")
 
@@ -205,19 +189,19 @@ def test_markdown_is_formatted_while_it_streams_and_ends_as_a_reload_shows_it(ch
     page = chat
     text = ("Here is **bold** and *em* and `code` and ~~gone~~ in one open paragraph that keeps "
             "going for a while so that it streams slowly enough to be seen half written, then ends")
-    _start(page, f"[[emu:verbatim rate=12]] {text}")
+    start_chat(page, f"[[emu:verbatim rate=12]] {text}")
     seen = _watch_tail(page, 20, shot="chat-page-markdown-streaming")
     seen.pop("shot", None)
     assert seen["streaming_samples"] >= 5, seen
     assert "bold" in seen.get("strong", []), f"**bold** is a <strong> while it streams {seen}"
     assert {"strong", "em", "code", "del"} <= seen["tags"], seen
     assert not any("**bold**" in t for t in seen["texts"]), f"no raw ** once closed {seen}"
-    _wait_status(page, "complete")
+    wait_status(page, "complete")
     wait_js(page, f"{TAIL}.hidden", timeout=5)
-    live = _last_answer(page).locator(".msg-body").inner_html()
+    live = last_answer(page).locator(".msg-body").inner_html()
     page.reload()
-    assert _last_answer(page).locator(".msg-body").inner_html() == live
-    assert _last_answer(page).locator(".md strong").inner_text() == "bold"
+    assert last_answer(page).locator(".msg-body").inner_html() == live
+    assert last_answer(page).locator(".md strong").inner_text() == "bold"
     assert page.console_errors == []
 
 
@@ -227,15 +211,15 @@ def test_html_in_a_streaming_tail_stays_text(chat: Any) -> None:
     text = ("Look <img src=x onerror=\"window.__xss = 1\"> and <script>window.__xss = 2</script> "
             "and <b onmouseover=\"window.__xss = 3\">b</b> and [x](javascript:window.__xss=4) "
             "with **bold** around it, still one open paragraph that keeps on streaming slowly")
-    _start(page, f"[[emu:verbatim rate=12]] {text}")
+    start_chat(page, f"[[emu:verbatim rate=12]] {text}")
     seen = _watch_tail(page, 20)
     assert seen["streaming_samples"] >= 5
     assert seen["tags"] <= {"p", "strong", "em", "code", "del", "span"}, seen["tags"]
     assert any("<img src=x" in t for t in seen["texts"])
     assert any("<script>" in t for t in seen["texts"])
     assert page.evaluate("window.__xss") is None
-    _wait_status(page, "complete")
-    body = _last_answer(page).locator(".msg-body")
+    wait_status(page, "complete")
+    body = last_answer(page).locator(".msg-body")
     assert body.locator("img, script, a[href^='javascript']").count() == 0
     assert page.evaluate("window.__xss") is None
 
@@ -340,7 +324,7 @@ def test_the_composer_is_focused_on_every_chat_page_with_a_visible_ring(chat: An
     page = chat  # the first chat page of a new browser: nothing may take the focus away later
     page.wait_for_timeout(1000)
     assert page.evaluate("document.activeElement?.id") == "id_text"
-    _start(page, "Hello [[emu:tokens n=3]]")
+    start_chat(page, "Hello [[emu:tokens n=3]]")
     page.wait_for_timeout(1000)
     assert page.evaluate("document.activeElement?.id") == "composer-text"
     ring = page.evaluate("(() => { const s = getComputedStyle(document.getElementById('composer'));"
@@ -353,15 +337,15 @@ def test_the_composer_is_focused_on_every_chat_page_with_a_visible_ring(chat: An
 
 def test_the_answer_is_announced_and_stop_returns_focus_to_the_composer(chat: Any) -> None:
     page = chat
-    _start(page, "First [[emu:tokens n=3]]")
-    _wait_status(page, "complete")
+    start_chat(page, "First [[emu:tokens n=3]]")
+    wait_status(page, "complete")
     assert page.evaluate(WATCH_LIVE) == "polite status"
     page.fill("#composer-text", "Long one [[emu:tokens n=300 rate=20]]")
     page.press("#composer-text", "Enter")
     wait_js(page, "window.__said.includes('Writing an answer…')", timeout=10)
     page.click("[data-stop]")
     assert page.evaluate("document.activeElement?.id") == "composer-text"
-    _wait_status(page, "stopped")
+    wait_status(page, "stopped")
     wait_js(page, "window.__said.includes('The answer was stopped.')", timeout=5)
     page.fill("#composer-text", "Short one [[emu:tokens n=5 rate=20]]")
     page.press("#composer-text", "Enter")
@@ -378,9 +362,9 @@ def test_the_answer_is_announced_in_chinese(chat: Any, live_app: Any) -> None:
     page.context.add_cookies([{"name": "django_language", "value": "zh-hans",
                                "url": live_app.url}])
     page.goto(live_app.url + "/")
-    _start(page, "你好 [[emu:tokens n=20 rate=20]]")
+    start_chat(page, "你好 [[emu:tokens n=20 rate=20]]")
     page.evaluate(WATCH_LIVE)
-    _wait_status(page, "complete")
+    wait_status(page, "complete")
     wait_js(page, "window.__said.length > 0", timeout=5)
     said = _said(page)
     assert said[-1] == "回答已完成。", said
@@ -398,8 +382,8 @@ def test_code_blocks_offer_copy_in_the_readers_language(chat: Any, live_app: Any
                                "url": live_app.url}])
     page.goto(live_app.url + "/")
     emulated.script("cloudflare", "verbatim")
-    _start(page, "```python\nprint(1)\n```")
-    _wait_status(page, "complete")
+    start_chat(page, "```python\nprint(1)\n```")
+    wait_status(page, "complete")
     labels = page.locator(".msg-assistant [data-copy]").all_inner_texts()
     assert labels == ["复制"], labels
     page.reload()
@@ -409,8 +393,8 @@ def test_code_blocks_offer_copy_in_the_readers_language(chat: Any, live_app: Any
 
 def test_esc_and_cancel_close_an_edit_without_sending(chat: Any) -> None:
     page = chat
-    _start(page, "Original [[emu:tokens n=3]]")
-    _wait_status(page, "complete")
+    start_chat(page, "Original [[emu:tokens n=3]]")
+    wait_status(page, "complete")
     user = page.locator(".msg-user").first
     user.locator(".edit-prompt summary").click()
     wait_js(page, "document.activeElement?.matches('.edit-form textarea')", timeout=5)
@@ -431,8 +415,8 @@ def test_keyboard_shortcuts_are_listed_in_a_dialog_and_each_works(chat: Any,
                                                                   live_app: Any) -> None:
     page = chat
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_app.url)
-    _start(page, "Copy me [[emu:tokens n=6]]")
-    _wait_status(page, "complete")
+    start_chat(page, "Copy me [[emu:tokens n=6]]")
+    wait_status(page, "complete")
     conversation_url = page.url
 
     # `?` in the message box is just a question mark.
@@ -468,7 +452,7 @@ def test_keyboard_shortcuts_are_listed_in_a_dialog_and_each_works(chat: Any,
 
     # Ctrl+Shift+C copies the last answer.
     page.keyboard.press("Control+Shift+C")
-    answer = _last_answer(page).locator(".msg-body").inner_text().strip()
+    answer = last_answer(page).locator(".msg-body").inner_text().strip()
     deadline = time.monotonic() + 5
     copied = ""
     while time.monotonic() < deadline and copied != answer:
@@ -486,9 +470,9 @@ def test_keyboard_shortcuts_are_listed_in_a_dialog_and_each_works(chat: Any,
         page.keyboard.press("Escape")
         assert not menu.evaluate("(d) => d.open")
         page.wait_for_timeout(200)
-        assert _last_answer(page).get_attribute("data-status") in ("queued", "streaming")
+        assert last_answer(page).get_attribute("data-status") in ("queued", "streaming")
     page.keyboard.press("Escape")
-    _wait_status(page, "stopped")
+    wait_status(page, "stopped")
 
     # Ctrl+Shift+O opens a new chat.
     page.keyboard.press("Control+Shift+O")

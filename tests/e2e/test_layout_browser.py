@@ -19,6 +19,7 @@ from django.contrib.auth import get_user_model
 
 from conversations.models import Budget, Conversation, Message, MessageStatus, UsageRecord
 from tests.conftest import ARTIFACTS, PASSWORD, ServerProcess, child_env, screenshot
+from tests.e2e.browser import sign_in
 from tests.support import model
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -153,11 +154,7 @@ def test_long_pages_scroll_inside_and_the_sidebar_spans_the_window(
     context = browser.new_context(viewport=viewport)
     page = context.new_page()
     base = fresh_app.url
-    page.goto(base + "/accounts/login/")
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(base + "/")
+    sign_in(page, base)
     for _ in range(12):
         _post(page, f"{base}/c/{conversation.pk}/share/", {"anonymous": "1"})
     page.goto(f"{base}/c/{conversation.pk}/settings/")
@@ -180,7 +177,7 @@ def test_the_new_chat_composer_stays_in_view_under_banners(
     context = browser.new_context(viewport=viewport)
     page = context.new_page()
     base = fresh_app.url
-    _sign_in(page, base)
+    sign_in(page, base)
     for _ in range(4):
         _post(page, f"{base}/c/{conversation.pk}/share/", {})
     page.goto(base + "/")
@@ -191,12 +188,6 @@ def test_the_new_chat_composer_stays_in_view_under_banners(
     context.close()
 
 
-def _sign_in(page: Any, base: str, username: str = "alice") -> None:
-    page.goto(base + "/accounts/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.locator("main button[type=submit]").click()
-    page.wait_for_url(base + "/")
 
 
 def _tabbable_in_sidebar(page: Any) -> bool:
@@ -216,7 +207,7 @@ def test_the_phone_drawer_reports_its_state_takes_focus_and_closes_with_esc(
     context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
     page = context.new_page()
     base = fresh_app.url
-    _sign_in(page, base)
+    sign_in(page, base)
     page.goto(f"{base}/c/{conversation.pk}/")
     toggle = page.locator(".pane-head .drawer-toggle")
     sidebar = page.locator("#sidebar")
@@ -290,7 +281,7 @@ def test_a_missing_conversation_shows_the_layout_and_the_way_back(
     context = browser.new_context(viewport=PHONE, color_scheme="dark")
     page = context.new_page()
     base = fresh_app.url
-    _sign_in(page, base)
+    sign_in(page, base)
     context.add_cookies([{"name": "django_language", "value": "zh-hans", "url": base}])
     response = page.goto(f"{base}/c/{uuid.uuid4()}/")
     assert response is not None and response.status == 404
@@ -309,7 +300,7 @@ def test_skip_links_lead_to_the_content_and_to_the_message_box(
     context = browser.new_context(viewport=DESKTOP)
     page = context.new_page()
     base = fresh_app.url
-    _sign_in(page, base)
+    sign_in(page, base)
     page.goto(f"{base}/c/{conversation.pk}/")
     assert page.locator(".skip-link").first.bounding_box()["y"] < 0  # out of sight
     page.locator(".topbar .brand").focus()  # the links come just before it

@@ -13,6 +13,7 @@ from django.utils import timezone
 from conversations.chat import services
 from conversations.models import ApiToken, Conversation, Message, UserPreferences
 from tests.conftest import PASSWORD, screenshot
+from tests.e2e.browser import last_answer, sign_in
 from tests.e2e.test_chat_browser import wait_js
 from tests.support import model
 
@@ -21,11 +22,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 @pytest.fixture
 def signed_in_page(live_app: Any, emulated: Any, page: Any, owner: Any) -> Any:
-    page.goto(live_app.url + "/accounts/login/")
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(live_app.url + "/")
+    sign_in(page, live_app.url)
     page.base = live_app.url
     return page
 
@@ -42,8 +39,6 @@ def _chat(owner: Any, title: str, *, age: datetime.timedelta = datetime.timedelt
     return conversation
 
 
-def _last_answer(page: Any) -> Any:
-    return page.locator(".msg-assistant").last
 
 
 def _wait_complete(page: Any) -> None:
@@ -69,7 +64,7 @@ def test_switching_the_model_makes_the_next_answer_come_from_it_and_a_reload_kee
     page.keyboard.press("Enter")
     page.wait_for_url("**/c/**")
     _wait_complete(page)
-    assert _last_answer(page).locator(".model-name").inner_text() == "Llama 3.2 3B Instruct"
+    assert last_answer(page).locator(".model-name").inner_text() == "Llama 3.2 3B Instruct"
     switcher = page.locator("#model-switch")
     assert switcher.input_value() == "llama-3.2-3b"
     option = switcher.locator('option[value="llama-3-70b"]').inner_text()
@@ -83,7 +78,7 @@ def test_switching_the_model_makes_the_next_answer_come_from_it_and_a_reload_kee
     page.keyboard.press("Enter")
     page.wait_for_selector(".msg-assistant >> nth=1")
     _wait_complete(page)
-    assert _last_answer(page).locator(".model-name").inner_text() == (
+    assert last_answer(page).locator(".model-name").inner_text() == (
         "Meta-Llama-3-70B-Instruct")
     assert emulated.calls("qianfan") == 1 and emulated.calls("cloudflare") == 1
     screenshot(page, "nav-model-switched")
@@ -252,7 +247,7 @@ def test_esc_on_an_open_row_menu_closes_it_and_leaves_a_running_answer_alone(
     page.keyboard.press("Escape")
     assert menu.get_attribute("open") is None
     page.wait_for_timeout(500)
-    assert _last_answer(page).get_attribute("data-status") == "streaming"
+    assert last_answer(page).get_attribute("data-status") == "streaming"
     page.click("[data-stop]")
     page.wait_for_selector('.msg-assistant:last-of-type[data-status="stopped"]')
 

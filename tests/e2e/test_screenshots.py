@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PASSWORD, screenshot
+from tests.conftest import screenshot
+from tests.e2e.browser import sign_in, wait_status
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -45,11 +46,7 @@ def test_the_chat_page_in_four_clothes(live_app: Any, emulated: Any, browser: An
     for name, viewport, scheme, locale in SHOTS:
         context = browser.new_context(viewport=viewport, color_scheme=scheme, locale=locale)
         page = context.new_page()
-        page.goto(live_app.url + "/accounts/login/")
-        page.fill("#id_username", "alice")
-        page.fill("#id_password", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_url(live_app.url + "/")
+        sign_in(page, live_app.url)
         if not conversation_url:
             emulated.script("cloudflare", "verbatim")
             page.select_option("#id_model", "llama-3.2-3b")
@@ -59,8 +56,7 @@ def test_the_chat_page_in_four_clothes(live_app: Any, emulated: Any, browser: An
             conversation_url = page.url
         else:
             page.goto(conversation_url)
-        page.wait_for_selector('.msg-assistant:last-of-type[data-status="complete"]',
-                               timeout=20_000)
+        wait_status(page, "complete")
         page.wait_for_timeout(300)  # the title and the sidebar settle
         assert _composer_in_view(page), name
         assert page.locator("#composer [data-send]").is_enabled(), name

@@ -15,7 +15,8 @@ import pytest
 
 from conversations.chat import services
 from conversations.models import Conversation, UsageRecord
-from tests.conftest import ARTIFACTS, PASSWORD, ServerProcess, child_env, screenshot
+from tests.conftest import ARTIFACTS, ServerProcess, child_env, screenshot
+from tests.e2e.browser import sign_in, wait_js
 from tests.support import model
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -33,23 +34,8 @@ def titled_app(django_db_setup: Any, django_db_blocker: Any) -> Iterator[ServerP
     server.stop()
 
 
-def _sign_in(page: Any, url: str, user: Any) -> None:
-    page.goto(url + "/accounts/login/")
-    page.fill("#id_username", user.username)
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(url + "/")
 
 
-def _wait_for(page: Any, expression: str, timeout: float = 20.0) -> Any:
-    """Poll a JS expression (wait_for_function needs 'unsafe-eval', which our CSP refuses)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = page.evaluate(expression)
-        if value:
-            return value
-        page.wait_for_timeout(100)
-    raise AssertionError(f"timed out waiting for {expression}")
 
 
 def _header(page: Any) -> str:
@@ -65,7 +51,7 @@ def test_the_first_answer_gives_the_conversation_a_plain_title_without_a_reload(
         owner: Any) -> None:
     # With REDIS_URL the title is a Celery task: the session's worker takes it.
     conversation = services.conversation_create(owner, model=model("llama-3.2-3b"))
-    _sign_in(page, titled_app.url, owner)
+    sign_in(page, titled_app.url, owner.username)
     page.goto(f"{titled_app.url}/c/{conversation.pk}/", )
     prompt = ("**Explain** the `zip` function\n```python\nprint(list(zip(a, b)))\n```\n"
               "[[emu:tokens n=14]]")
@@ -82,7 +68,7 @@ def test_the_first_answer_gives_the_conversation_a_plain_title_without_a_reload(
         time.sleep(0.1)
     stored = Conversation.objects.get(pk=conversation.pk)
     assert stored.title_is_auto and stored.title
-    _wait_for(page, f"document.getElementById('conv-title').textContent.trim() === "
+    wait_js(page, f"document.getElementById('conv-title').textContent.trim() === "
                     f"{stored.title!r}")
     header, sidebar = _header(page), _sidebar_current(page)
     screenshot(page, "title-generated")
@@ -100,7 +86,7 @@ def test_the_first_answer_gives_the_conversation_a_plain_title_without_a_reload(
 def test_a_failed_answer_reads_in_chinese_for_a_chinese_reader(
         titled_app: Any, emulated: Any, page: Any, owner: Any) -> None:
     conversation = services.conversation_create(owner, model=model("llama-3.2-3b"))
-    _sign_in(page, titled_app.url, owner)
+    sign_in(page, titled_app.url, owner.username)
     page.context.add_cookies([{"name": "django_language", "value": "zh-hans",
                                "url": titled_app.url}])
     page.goto(f"{titled_app.url}/c/{conversation.pk}/", )
@@ -109,7 +95,7 @@ def test_a_failed_answer_reads_in_chinese_for_a_chinese_reader(
     page.wait_for_selector('.msg-assistant:last-of-type[data-status="failed"]',
                            timeout=20_000)
     note = page.locator(".msg-assistant:last-of-type [data-note]")
-    _wait_for(page, "document.querySelector('.msg-assistant:last-of-type [data-note]')"
+    wait_js(page, "document.querySelector('.msg-assistant:last-of-type [data-note]')"
                     "?.textContent.trim().length > 0")
     live = str(note.inner_text())
     page.reload()

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from conversations.models import Attachment, Message
-from tests.conftest import ARTIFACTS, PASSWORD, ServerProcess, child_env, screenshot
+from tests.conftest import ARTIFACTS, ServerProcess, child_env, screenshot
+from tests.e2e.browser import sign_in, wait_js
 from tests.images import image_corpus as corpus
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -44,22 +45,10 @@ def vision_app(django_db_setup: Any, django_db_blocker: Any,
 @pytest.fixture
 def chat(vision_app: MediaServer, emulated: Any, page: Any, owner: Any, settings: Any) -> Any:
     settings.MEDIA_ROOT = vision_app.media
-    page.goto(vision_app.url + "/accounts/login/")
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(vision_app.url + "/")
+    sign_in(page, vision_app.url)
     return page
 
 
-def wait_js(page: Any, expression: str, timeout: float = 20.0) -> None:
-    """Poll with page.evaluate: wait_for_function needs 'unsafe-eval', which our CSP refuses."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if page.evaluate(expression):
-            return
-        page.wait_for_timeout(50)
-    raise AssertionError(f"timed out waiting for {expression}")
 
 
 UPLOADED = "document.querySelector('[data-thumbs] .thumb:not(.uploading) input[name=attachments]')"

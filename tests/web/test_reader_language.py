@@ -139,7 +139,7 @@ async def test_the_final_frame_carries_the_code_and_the_message_in_the_sockets_l
 
     conversation, answer = await database_sync_to_async(start)()
     socket = await _socket(owner, conversation, language)
-    assert (await socket.connect())[0]
+    assert (await socket.connect(timeout=5))[0]  # the PostgreSQL + Redis stack under load
     task = asyncio.create_task(run_generation(answer.pk))
     final = await _final_state(socket)
     await task

@@ -5,6 +5,12 @@ connection, autobahn's `failByDrop` default: the browser sees 1006 and cannot te
 `failByDrop` off, the connection is failed the way RFC 6455 describes: a close frame with 1009
 (message too big), then the close. daphne has no option for it, so its factory's defaults are
 set here, once, in a daphne server process (chatsite/asgi.py).
+
+The server then waits for the client's closing frame before it closes the TCP connection.
+autobahn waits 1 s by default; a client still writing its oversized message (10 MB from a phone,
+or from a busy machine) is not done by then, the line is cut with the client's data unread, the
+kernel answers with a reset, and the client loses the close frame it had not read yet. Five
+seconds lets it finish writing and read why it was closed.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from daphne.ws_protocol import WebSocketFactory
+
+CLOSE_HANDSHAKE_SECONDS = 5
 
 
 def close_instead_of_drop() -> None:
@@ -22,6 +30,7 @@ def close_instead_of_drop() -> None:
     def reset_protocol_options(self: Any) -> None:
         original(self)
         self.failByDrop = False
+        self.closeHandshakeTimeout = CLOSE_HANDSHAKE_SECONDS
 
     WebSocketFactory.resetProtocolOptions = reset_protocol_options  # type: ignore[method-assign]
     WebSocketFactory._close_on_failure = True  # type: ignore[attr-defined]

@@ -35,6 +35,19 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return lines
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings() -> None:
+    """On PostgreSQL, a larger pool for the test process only.
+
+    Async tests (channels' communicators on pytest-asyncio's loops) run database calls in
+    contexts that end without giving their pooled connection back: about two per socket test.
+    The server processes the tests start keep the product's own pool size.
+    """
+    options = settings.DATABASES["default"].get("OPTIONS", {})
+    if "pool" in options:
+        options["pool"]["max_size"] = max(options["pool"]["max_size"], 50)
+
+
 @pytest.fixture(autouse=True)
 def _reset_bootstrap_cache() -> Iterator[None]:
     from chatsite import bootstrap

@@ -31,6 +31,8 @@ class Conversation(models.Model):
     pinned = models.BooleanField(_("pinned"), default=False)
     archived = models.BooleanField(_("archived"), default=False)
     imported = models.BooleanField(_("imported"), default=False)
+    # Kept whatever the retention policy says (an admin's legal hold).
+    legal_hold = models.BooleanField(_("legal hold"), default=False)
     # The tip of the branch the user looks at; walking `parent` up from it gives the thread.
     active_leaf = models.ForeignKey("Message", on_delete=models.SET_NULL, null=True, blank=True,
                                     related_name="+")
@@ -154,6 +156,18 @@ class TeamSettings(models.Model):
                                 verbose_name=_("team"))
     members_can_continue = models.BooleanField(
         _("members may continue team conversations"), default=True)
+    # A new chat of a member starts on this model unless they chose their own default.
+    default_model = models.ForeignKey(ModelConfig, on_delete=models.SET_NULL, null=True,
+                                      blank=True, related_name="+",
+                                      verbose_name=_("default model"))
+    # Managers manage this team's members, invitations and settings; each is also a member.
+    managers = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True,
+                                      related_name="managed_team_settings",
+                                      verbose_name=_("managers"))
+    # Retention: None follows the site's period; a number of days may only be shorter.
+    retention_days = models.PositiveIntegerField(_("retention (days)"), null=True, blank=True)
+    retention_keep = models.BooleanField(_("keep this team's conversations"), default=False)
+    legal_hold = models.BooleanField(_("legal hold"), default=False)
 
     class Meta:
         verbose_name = _("team settings")
@@ -360,3 +374,56 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M} {self.action} {self.target}"
+
+
+class RetentionPolicy(models.Model):
+    """The site-wide retention period (a single row, pk=1). No row or no days: keep forever."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    retention_days = models.PositiveIntegerField(_("retention (days)"), null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL,
+                                   null=True, blank=True, related_name="+")
+
+    class Meta:
+        verbose_name = _("retention policy")
+        verbose_name_plural = _("retention policy")
+
+    def __str__(self) -> str:
+        return str(self.retention_days or _("keep forever"))
+
+
+class Invitation(models.Model):
+    """A one-time, expiring link that lets a person in (and into a team). Stored hashed."""
+
+    class Role(models.TextChoices):
+        MEMBER = "member", _("member")
+        MANAGER = "manager", _("manager")
+
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    email = models.EmailField(_("e-mail"), blank=True)
+    team = models.ForeignKey(Group, on_delete=models.CASCADE, null=True, blank=True,
+                             related_name="invitations", verbose_name=_("team"))
+    role = models.CharField(_("role"), max_length=8, choices=Role.choices,
+                            default=Role.MEMBER)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL,
+                                   null=True, related_name="+", verbose_name=_("created by"))
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    expires_at = models.DateTimeField(_("expires"))
+    used_at = models.DateTimeField(_("used"), null=True, blank=True)
+    used_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL,
+                                null=True, blank=True, related_name="+",
+                                verbose_name=_("used by"))
+    revoked_at = models.DateTimeField(_("revoked"), null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = _("invitation")
+        verbose_name_plural = _("invitations")
+
+    def __str__(self) -> str:
+        return f"{self.email or '-'} {self.team or ''}".strip()
+
+    def is_valid(self, now: Any = None) -> bool:
+        now = now or timezone.now()
+        return self.used_at is None and self.revoked_at is None and self.expires_at > now

@@ -146,6 +146,11 @@ class Provider(models.Model):
                                                   editable=False)
     last_checked_at = models.DateTimeField(_("last checked"), null=True, blank=True,
                                            editable=False)
+    # Since when the provider fails (first failure after a success); None while it works.
+    failing_since = models.DateTimeField(_("failing since"), null=True, blank=True,
+                                         editable=False)
+    last_error_kind = models.CharField(_("last error kind"), max_length=40, blank=True,
+                                       default="", editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

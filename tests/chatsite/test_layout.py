@@ -17,7 +17,8 @@ LEVELS: list[set[str]] = [
     {"tree", "access", "audit"},
     {"images", "usage", "sharing"},
     {"answers"},
-    {"chat"},
+    {"retention"},
+    {"chat", "teams"},
     {"api"},
     {"web", "admin"},
     {"signals", "templatetags", "management"},  # Django's wiring

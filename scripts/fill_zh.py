@@ -17,6 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> int:
     table = json.loads((ROOT / "scripts" / "zh_hans.json").read_text(encoding="utf-8"))
+    # One more file per feature area (scripts/zh_hans/*.json), so parallel work never edits
+    # the same table.
+    for extra in sorted((ROOT / "scripts" / "zh_hans").glob("*.json")):
+        table.update(json.loads(extra.read_text(encoding="utf-8")))
     po = polib.pofile(str(ROOT / "locale" / "zh_Hans" / "LC_MESSAGES" / "django.po"))
     missing = []
     for entry in po:

@@ -16,7 +16,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from chatsite.daphne_tuning import close_instead_of_drop  # noqa: E402
+from chatsite.daphne_tuning import close_instead_of_drop, redact_access_log  # noqa: E402
 from conversations.answers.drain import install_on_daphne  # noqa: E402
 from conversations.answers.jobs import (  # noqa: E402
     CaptureLoopMiddleware,
@@ -40,4 +40,5 @@ application = CaptureLoopMiddleware(ProtocolTypeRouter(
 if "daphne.cli" in sys.modules:
     start_reaper_thread()
     close_instead_of_drop()
+    redact_access_log()
     install_on_daphne()  # SIGTERM drains the answers in flight (DRAIN_SECONDS)

@@ -6,6 +6,8 @@ from django.conf import settings
 from django.http import HttpRequest
 from django.utils.translation import gettext as _
 
+from chatsite.oidc.views import button_label as sso_button_label
+
 
 def js_strings() -> dict[str, str]:
     """Texts the page scripts show, translated on the server (read by static/js/i18n.js)."""
@@ -43,4 +45,7 @@ def js_strings() -> dict[str, str]:
 
 def site(request: HttpRequest) -> dict[str, Any]:
     return {"ALLOW_SIGNUP": settings.ALLOW_SIGNUP, "SITE_NAME": "Llama Chat",
-            "js_strings": js_strings}
+            "js_strings": js_strings,
+            # single sign-on (chatsite/oidc/): the login page's button and SSO-only mode
+            "OIDC_ENABLED": settings.OIDC_ENABLED, "OIDC_ONLY": settings.OIDC_ONLY,
+            "OIDC_BUTTON_LABEL": sso_button_label}

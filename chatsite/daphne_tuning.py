@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from daphne.access import AccessLogGenerator
 from daphne.ws_protocol import WebSocketFactory
+
+from chatsite.logging import redact
 
 CLOSE_HANDSHAKE_SECONDS = 5
 
@@ -34,3 +37,19 @@ def close_instead_of_drop() -> None:
 
     WebSocketFactory.resetProtocolOptions = reset_protocol_options  # type: ignore[method-assign]
     WebSocketFactory._close_on_failure = True  # type: ignore[attr-defined]
+
+
+def redact_access_log() -> None:
+    """daphne's access log (stdout at its default verbosity) writes every request path; share
+    links, invitations and signed image addresses carry their secret in the path, and the
+    sign-in callback its code in the query. They are written redacted, as our own logs are."""
+    if getattr(AccessLogGenerator, "_redacted", False):
+        return
+    original = AccessLogGenerator.write_entry
+
+    def write_entry(self: Any, host: Any, date: Any, request: str, *args: Any,
+                    **kwargs: Any) -> None:
+        original(self, host, date, redact(request), *args, **kwargs)
+
+    AccessLogGenerator.write_entry = write_entry  # type: ignore[method-assign]
+    AccessLogGenerator._redacted = True  # type: ignore[attr-defined]

@@ -1,4 +1,9 @@
-"""GET /healthz: is every part this process depends on reachable?"""
+"""GET /healthz: is every part this process depends on reachable?
+
+For a signed-in superuser the answer also lists each provider's status from its last call or
+test (`providers`: ok / failing since ... with the last error kind / not tested / disabled);
+nobody else sees it.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from chatsite.celery import app
+from providers import status as provider_status
 
 CHECK_TIMEOUT = 3.0
 
@@ -63,8 +69,28 @@ async def healthz(request: HttpRequest) -> JsonResponse:
     if settings.REDIS_URL:
         checks["broker"] = await _timed(_check_broker)
     healthy = all(check["ok"] for check in checks.values())
-    body = {"status": "ok" if healthy else "unavailable", "checks": checks}
+    body: dict[str, Any] = {"status": "ok" if healthy else "unavailable", "checks": checks}
+    if checks["database"]["ok"] and getattr(await request.auser(), "is_superuser", False):
+        # Superusers also see each provider's status (providers/status.py). A failing provider
+        # leaves the process healthy: a load balancer must not take the site out for it.
+        body["providers"] = await _provider_summary()
     return JsonResponse(body, status=200 if healthy else 503)
+
+
+async def _provider_summary() -> list[dict[str, Any]] | dict[str, Any]:
+    try:
+        summary: list[dict[str, Any]] = await sync_to_async(
+            _provider_summary_closing, thread_sensitive=False)()
+    except Exception as exc:  # reported like a check, never raised
+        return {"ok": False, "error": type(exc).__name__}
+    return summary
+
+
+def _provider_summary_closing() -> list[dict[str, Any]]:
+    try:
+        return provider_status.summary()
+    finally:
+        connection.close()
 
 
 def _check_database_closing() -> None:

@@ -9,6 +9,10 @@ _PATTERNS = [
     (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1[redacted]"),
     (re.compile(r"(?i)((?:access_token|client_secret|client_id|api_key|token)=)[^&\s'\"]+"),
      r"\1[redacted]"),
+    # The sign-in callback's query (?code=...&state=...), not error_code= and the like.
+    (re.compile(r"([?&](?:code|state)=)[^&\s'\"]+"), r"\1[redacted]"),
+    # Paths that are capabilities: share links, invitations, signed image addresses.
+    (re.compile(r"((?:^|[\s\"'])/(?:s|invite|i)/)[^/\s?\"']+"), r"\1[redacted]"),
 ]
 
 

@@ -31,6 +31,7 @@ from chatsite.env import (
     local_secrets,
     parse_fernet_keys,
 )
+from chatsite.oidc.config import parse_domains, parse_issuer, parse_team_map
 
 ENV = os.environ
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -247,7 +248,13 @@ CELERY_BEAT_SCHEDULE = {
         "task": "conversations.cleanup_images",
         "schedule": float(env_int(ENV, "CLEANUP_INTERVAL_SECONDS", 3600, minimum=60)),
     },
+    # The retention policy (conversations/retention/); without Redis, the server's timer.
+    "apply-retention": {
+        "task": "conversations.apply_retention",
+        "schedule": float(env_int(ENV, "RETENTION_INTERVAL_SECONDS", 3600, minimum=1)),
+    },
 }
+RETENTION_INTERVAL_SECONDS = env_int(ENV, "RETENTION_INTERVAL_SECONDS", 3600, minimum=1)
 JOBS_IN_PROCESS = not REDIS_URL
 
 # --- auth -----------------------------------------------------------------------------------
@@ -262,12 +269,41 @@ LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 ALLOW_SIGNUP = env_bool(ENV, "ALLOW_SIGNUP", False)
 
+# Single sign-on with OpenID Connect (chatsite/oidc/, docs/deployment.md). On when the issuer and
+# the client id are set; endpoints and keys come from the issuer's discovery document.
+OIDC_ISSUER = parse_issuer(ENV)
+OIDC_CLIENT_ID = env_str(ENV, "OIDC_CLIENT_ID")
+OIDC_CLIENT_SECRET = env_str(ENV, "OIDC_CLIENT_SECRET")
+OIDC_ENABLED = bool(OIDC_ISSUER and OIDC_CLIENT_ID)
+OIDC_BUTTON_LABEL = env_str(ENV, "OIDC_BUTTON_LABEL")
+OIDC_ALLOWED_DOMAINS = parse_domains(ENV)
+OIDC_TEAMS_CLAIM = env_str(ENV, "OIDC_TEAMS_CLAIM")
+OIDC_TEAM_MAP = parse_team_map(ENV)
+OIDC_ONLY = env_bool(ENV, "OIDC_ONLY", False)
+if OIDC_ONLY and not OIDC_ENABLED:
+    raise ImproperlyConfigured("OIDC_ONLY needs OIDC_ISSUER and OIDC_CLIENT_ID.")
+if OIDC_ONLY:
+    ALLOW_SIGNUP = False  # accounts come from the identity provider
+# mozilla-django-oidc's own settings (it reads them by these names)
+OIDC_RP_CLIENT_ID = OIDC_CLIENT_ID
+OIDC_RP_CLIENT_SECRET = OIDC_CLIENT_SECRET
+OIDC_RP_SIGN_ALGO = "RS256"
+OIDC_RP_SCOPES = "openid email profile"
+OIDC_USE_NONCE = True
+OIDC_USE_PKCE = True
+OIDC_TIMEOUT = 10
+OIDC_MAX_STATES = 10
+OIDC_TOKEN_USE_BASIC_AUTH = True  # client_secret_basic, the spec's default
+OIDC_AUTHENTICATION_CALLBACK_URL = "oidc_callback"
+
 # Login throttling (threat T21) with django-axes, for /accounts/login/ and /admin/login/ alike.
 # The standalone backend only refuses locked-out attempts; ModelBackend checks the password.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "chatsite.auth.UsernameLockoutBackend",
+    "chatsite.oidc.backends.PasswordGateBackend",  # OIDC_ONLY: passwords for superusers only
     "django.contrib.auth.backends.ModelBackend",
+    "chatsite.oidc.backends.OIDCBackend",  # signs in only from /accounts/sso/callback/
 ]
 AXES_FAILURE_LIMIT = env_int(ENV, "LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int(ENV, "LOGIN_COOLOFF_MINUTES", 15, minimum=1))

@@ -5,6 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from chatsite import error_pages, health, views
+from chatsite.oidc import views as oidc_views
 
 handler400 = error_pages.bad_request
 handler403 = error_pages.permission_denied
@@ -21,6 +22,8 @@ urlpatterns = [
     path("accounts/password/done/", auth_views.PasswordChangeDoneView.as_view(),
          name="password_change_done"),
     path("accounts/signup/", views.signup, name="signup"),
+    path("accounts/sso/login/", oidc_views.LoginStart.as_view(), name="oidc_login"),
+    path("accounts/sso/callback/", oidc_views.callback, name="oidc_callback"),
     path("i18n/", include("django.conf.urls.i18n")),
     path("admin/", admin.site.urls),
     path("v1/", include("conversations.api.urls")),

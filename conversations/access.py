@@ -47,6 +47,30 @@ def members_can_continue(team_id: int) -> bool:
     return True if settings_row is None else settings_row.members_can_continue
 
 
+class TeamRole(enum.IntEnum):
+    """What a user is to a team (a Django group). Ordered: ADMIN can do all a MANAGER can."""
+
+    NONE = 0
+    MEMBER = 1  # reads the team page
+    MANAGER = 2  # manages the team's members, invitations and settings
+    ADMIN = 3  # a superuser: manages every team
+
+
+def team_role(user: Viewer, team: Any) -> TeamRole:
+    """THE team permission check of every team page. A manager is always also a member: a
+    leftover manager row of someone no longer in the group gives nothing."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return TeamRole.NONE
+    if getattr(user, "is_superuser", False):
+        return TeamRole.ADMIN
+    team_id = getattr(team, "pk", team)
+    if not user.groups.filter(pk=team_id).exists():
+        return TeamRole.NONE
+    if TeamSettings.objects.filter(team_id=team_id, managers=user).exists():
+        return TeamRole.MANAGER
+    return TeamRole.MEMBER
+
+
 def conversations_visible_to(user: Viewer) -> QuerySet[Conversation]:
     """The conversations a user lists and searches: their own and their teams'.
 

@@ -17,9 +17,10 @@ from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_save
 from django.dispatch import receiver
 
-from conversations import events
+from chatsite.oidc.signals import sso_refused, sso_signed_in
+from conversations import audit, events
 from conversations.images.attachments import delete_files_after_commit
-from conversations.models import Attachment
+from conversations.models import Attachment, TeamSettings
 
 User = get_user_model()
 
@@ -59,6 +60,24 @@ def membership_changed(sender: Any, instance: Any, action: str, reverse: bool,
         _tell_sockets(list(instance.user_set.values_list("pk", flat=True)))
 
 
+@receiver(m2m_changed, sender=User.groups.through)
+def managers_follow_membership(sender: Any, instance: Any, action: str, reverse: bool,
+                               pk_set: set[Any] | None, **kwargs: Any) -> None:
+    """A team's managers stay a subset of its members, whatever removed someone (the team
+    page, the admin, single sign-on's team sync)."""
+    rows = TeamSettings.managers.through.objects
+    if action == "post_remove" and pk_set:
+        if reverse:  # group.user_set.remove(...)
+            rows.filter(teamsettings__team_id=instance.pk, user_id__in=pk_set).delete()
+        else:  # user.groups.remove(...)
+            rows.filter(teamsettings__team_id__in=pk_set, user_id=instance.pk).delete()
+    elif action == "pre_clear":
+        if reverse:
+            rows.filter(teamsettings__team_id=instance.pk).delete()
+        else:
+            rows.filter(user_id=instance.pk).delete()
+
+
 @receiver(post_save, sender=User)
 def user_saved(sender: Any, instance: Any, created: bool, **kwargs: Any) -> None:
     if created:
@@ -79,3 +98,17 @@ def connect_attachment_signals() -> None:
 
 
 connect_attachment_signals()
+
+
+# Single sign-on (chatsite/oidc/, which may not import conversations): each sign-in and refusal.
+@receiver(sso_signed_in, dispatch_uid="audit-sso-signed-in")
+def sso_signed_in_audited(sender: Any, request: Any, user: Any, details: Any,
+                          **kwargs: Any) -> None:
+    audit.record("sso.signed_in", actor=user, target=audit.target_of(user), details=details,
+                 request=request)
+
+
+@receiver(sso_refused, dispatch_uid="audit-sso-refused")
+def sso_refused_audited(sender: Any, request: Any, reason: str, details: Any,
+                        **kwargs: Any) -> None:
+    audit.record("sso.refused", details={"reason": reason, **details}, request=request)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django import forms
+import axes.admin  # noqa: F401 - registers the login-throttling tables, unregistered below
+from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import QuerySet
@@ -16,69 +17,16 @@ from django.http import HttpRequest
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
-from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
+from django.views.decorators.debug import sensitive_post_parameters
 
-from providers import crypto, services
-from providers.models import CREDENTIAL_FIELDS, ModelConfig, Provider
-
-CREDENTIAL_PREFIX = "cred_"
-ALL_CREDENTIAL_NAMES = sorted({f.name for fields in CREDENTIAL_FIELDS.values() for f in fields})
-
-
-class ProviderForm(forms.ModelForm):
-    image_transport = forms.ChoiceField(
-        label=_("Image transport"), required=False,
-        choices=[("url", _("Signed URL under SITE_URL (documented)")),
-                 ("data_uri", _("Inline data URI (unconfirmed for this model)"))],
-        help_text=_("How images reach DashScope."),
-    )
-
-    class Meta:
-        model = Provider
-        fields = ["name", "base_url", "enabled"]
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        provider: Provider = self.instance
-        masks = provider.masked_credentials() if provider.pk else {}
-        for field in provider.credential_fields:
-            current = masks.get(field.name) or _("not set")
-            self.fields[f"cred_{field.name}"] = forms.CharField(
-                label=field.label, required=False, strip=True,
-                widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"})
-                if field.secret else forms.TextInput(attrs={"autocomplete": "off"}),
-                help_text=_("Stored: %(mask)s. Leave empty to keep it.") % {"mask": current},
-                disabled=provider.managed_by_env,
-            )
-        if provider.kind == "dashscope":
-            self.fields["image_transport"].initial = provider.options.get("image_transport", "url")
-        else:
-            del self.fields["image_transport"]
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean() or {}
-        self.instance.base_url = data.get("base_url", self.instance.base_url)
-        return data
-
-    @sensitive_variables("entered", "stored")
-    def save(self, commit: bool = True) -> Provider:
-        provider: Provider = super().save(commit=False)
-        if not provider.managed_by_env:
-            entered = {f.name: self.cleaned_data.get(f"cred_{f.name}", "")
-                       for f in provider.credential_fields}
-            if any(entered.values()):
-                try:
-                    stored = provider.get_credentials()
-                except crypto.CredentialsUnreadable:
-                    stored = {}  # re-entry: only what is typed now will be stored
-                stored.update({k: v for k, v in entered.items() if v})
-                provider.set_credentials(stored)
-        if "image_transport" in self.cleaned_data:
-            provider.options = {**provider.options,
-                                "image_transport": self.cleaned_data["image_transport"] or "url"}
-        if commit:
-            provider.save()
-        return provider
+from providers import services
+from providers.forms import (
+    ALL_CREDENTIAL_NAMES,
+    CREDENTIAL_PREFIX,
+    ModelConfigForm,
+    ProviderForm,
+)
+from providers.models import ModelConfig, Provider
 
 
 @admin.register(Provider)
@@ -87,7 +35,8 @@ class ProviderAdmin(admin.ModelAdmin):
     list_display = ["name", "kind", "enabled", "configured", "managed_by_env", "status_badge",
                     "last_latency_ms", "last_checked_at"]
     readonly_fields = ["kind", "credentials_summary", "managed_by_env", "last_status",
-                       "last_error", "last_latency_ms", "last_checked_at", "warnings"]
+                       "failing_since", "last_error_kind", "last_error", "last_latency_ms",
+                       "last_checked_at", "warnings"]
     actions = ["test_connection"]
 
     def get_fieldsets(self, request: HttpRequest, obj: Provider | None = None) -> Any:
@@ -97,7 +46,8 @@ class ProviderAdmin(admin.ModelAdmin):
             (None, {"fields": ["kind", "name", "base_url", "enabled", "warnings"]}),
             (_("Credentials"), {"fields": ["credentials_summary", "managed_by_env", *form_fields]}),
             *([(_("Options"), {"fields": options})] if options else []),
-            (_("Last check"), {"fields": ["last_status", "last_error", "last_latency_ms",
+            (_("Last check"), {"fields": ["last_status", "failing_since", "last_error_kind",
+                                          "last_error", "last_latency_ms",
                                           "last_checked_at"]}),
         ]
 
@@ -160,21 +110,6 @@ class ProviderAdmin(admin.ModelAdmin):
                 self.message_user(request, warning, messages.WARNING)
 
 
-class ModelConfigForm(forms.ModelForm):
-    class Meta:
-        model = ModelConfig
-        fields = "__all__"
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean() or {}
-        if data.get("for_titles") and (data.get("requires_image", self.instance.requires_image)):
-            self.add_error("for_titles", _("A model that needs an image cannot write titles: "
-                                           "they are written from text alone."))
-        if data.get("for_titles") and not data.get("enabled", self.instance.enabled):
-            self.add_error("for_titles", _("Enable the model to let it write titles."))
-        return data
-
-
 @admin.register(ModelConfig)
 class ModelConfigAdmin(admin.ModelAdmin):
     list_display = ["display_name", "provider", "model_id", "vision", "requires_image",
@@ -226,3 +161,12 @@ class ModelConfigAdmin(admin.ModelAdmin):
             "", "<div><code>{}</code> — {} ({})</div>",
             ((name, spec.label, spec.describe_range()) for name, spec in obj.param_specs().items()),
         )
+
+
+# The login-throttling tables are machinery, not something an admin manages: a lock ends by
+# itself after LOGIN_COOLOFF_MINUTES, and an operator lifts one at once with
+# `manage.py axes_reset_username <name>` (docs/deployment.md). axes.admin was imported above,
+# so its registrations exist by now, whatever the app order.
+for _throttling_model in (AccessAttempt, AccessLog, AccessFailureLog):
+    if admin.site.is_registered(_throttling_model):
+        admin.site.unregister(_throttling_model)

@@ -13,10 +13,9 @@ from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from providers import catalogue, crypto
+from providers import catalogue, crypto, status
 from providers.base import (
     ChatRequest,
     Delta,
@@ -34,7 +33,6 @@ from providers.models import (
     Provider,
     validate_base_url,
 )
-from providers.redact import scrub
 from providers.registry import get_client
 
 logger = logging.getLogger(__name__)
@@ -192,20 +190,16 @@ def config_problem(provider: Provider, slug: str) -> ProbeResult | None:
     return None
 
 
-@sensitive_variables("secrets")
 def _record(provider: Provider, result: ProbeResult) -> None:
-    """Store the outcome on the row (the message is safe: clients never put keys in it)."""
-    provider.last_status = Provider.Status.OK if result.ok else Provider.Status.ERROR
+    """Store the outcome on the row (providers/status.py: status, failing since, last error;
+    the message is scrubbed of the account's keys there), and on `provider` itself."""
     if result.ok:
-        provider.last_error = ""
-    else:
-        # Clients keep keys out of their messages; scrubbing again costs nothing (T15).
-        secrets = provider.get_credentials().values() if provider.credentials_readable() else ()
-        provider.last_error = scrub(f"{result.kind}: {result.message}", secrets)[:2000]
-    provider.last_latency_ms = result.duration_ms
-    provider.last_checked_at = timezone.now()
-    provider.save(update_fields=["last_status", "last_error", "last_latency_ms",
-                                 "last_checked_at"])
+        status.record_success(provider.pk, latency_ms=result.duration_ms, force=True)
+    else:  # an explicit test: every failure counts, a missing key too
+        status.record_failure(provider.pk, result.kind, f"{result.kind}: {result.message}",
+                              latency_ms=result.duration_ms)
+    provider.refresh_from_db(fields=["last_status", "last_error", "last_error_kind",
+                                     "failing_since", "last_latency_ms", "last_checked_at"])
 
 
 __all__ = ["DjangoTokenCache", "ErrorKind", "ProbeResult", "client_for", "config_problem",

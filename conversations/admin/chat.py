@@ -17,6 +17,7 @@ from conversations.models import (
     Conversation,
     Message,
 )
+from conversations.retention import services as retention
 
 
 # --- conversations ----------------------------------------------------------------------------
@@ -41,12 +42,14 @@ class MessageInline(admin.TabularInline):
 class ConversationAdmin(AuditedAdmin):
     """Listed for oversight; opening one that is not yours is recorded in the audit log."""
 
-    list_display = ("display_title", "owner", "team", "model", "archived", "updated_at")
-    list_filter = ("archived", "team", "model")
+    list_display = ("display_title", "owner", "team", "model", "archived", "legal_hold",
+                    "updated_at")
+    list_filter = ("archived", "legal_hold", "team", "model")
+    actions = ["place_legal_hold", "lift_legal_hold"]
     search_fields = ("title", "owner__username")
     list_select_related = ("owner", "team", "model")
     fields = ("title", "owner", "team", "model", "system_prompt", "params", "pinned",
-              "archived", "created_at", "updated_at", "open_in_chat")
+              "archived", "legal_hold", "created_at", "updated_at", "open_in_chat")
     readonly_fields = fields
     inlines = [MessageInline]
 
@@ -55,6 +58,27 @@ class ConversationAdmin(AuditedAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # read-only: conversations are changed by their owners only
+
+    def get_actions(self, request: HttpRequest) -> Any:
+        actions = super().get_actions(request)
+        if not request.user.is_superuser:  # legal holds are the site admins' (retention)
+            actions.pop("place_legal_hold", None)
+            actions.pop("lift_legal_hold", None)
+        return actions
+
+    @admin.action(description=_("Place a legal hold (never deleted by the retention policy)"))
+    def place_legal_hold(self, request: HttpRequest, queryset: Any) -> None:
+        changed = retention.set_legal_hold(queryset.select_related("owner"), True,
+                                           actor=request.user, request=request)
+        self.message_user(request, _("%(n)d conversation(s) placed under legal hold.")
+                          % {"n": changed})
+
+    @admin.action(description=_("Lift the legal hold"))
+    def lift_legal_hold(self, request: HttpRequest, queryset: Any) -> None:
+        changed = retention.set_legal_hold(queryset.select_related("owner"), False,
+                                           actor=request.user, request=request)
+        self.message_user(request, _("Legal hold lifted on %(n)d conversation(s).")
+                          % {"n": changed})
 
     @admin.display(description=_("title"), ordering="title")
     def display_title(self, obj: Conversation) -> str:

@@ -13,8 +13,10 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.utils.translation import gettext_lazy as _
 
+from chatsite.models import ExternalIdentity
 from conversations.admin.base import AuditedAdmin
 from conversations.models import (
     TeamSettings,
@@ -42,7 +44,7 @@ class UserAdmin(AuditedAdmin, DjangoUserAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         return super().get_queryset(request).prefetch_related("groups")
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+    def _role_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         # Roles and membership are a superuser's to give: a staff member allowed to edit users
         # must not be able to raise anyone, themselves included (threat T17).
         readonly = list(super().get_readonly_fields(request, obj))
@@ -59,6 +61,22 @@ class UserAdmin(AuditedAdmin, DjangoUserAdmin):
         if obj is not None and obj.is_superuser and not request.user.is_superuser:
             return False
         return super().has_delete_permission(request, obj)
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        fieldsets = list(super().get_fieldsets(request, obj))
+        if obj is not None:
+            fieldsets.append((_("Single sign-on"), {"fields": ("sso_identities",)}))
+        return fieldsets
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [*self._role_readonly_fields(request, obj), "sso_identities"]
+
+    @admin.display(description=_("single sign-on identities"))
+    def sso_identities(self, obj: Any) -> str:
+        """Made at sign-in through the identity provider; shown, never edited here."""
+        rows = ((identity.issuer, identity.subject, identity.email or "-")
+                for identity in ExternalIdentity.objects.filter(user=obj).order_by("issuer"))
+        return format_html_join(mark_safe("<br>"), "{} · {} · {}", rows) or "-"
 
     @admin.display(description=_("teams"))
     def team_names(self, obj: Any) -> str:
@@ -101,7 +119,7 @@ class TeamSettingsInline(admin.StackedInline):
 
 @admin.register(Group)
 class TeamAdmin(AuditedAdmin, DjangoGroupAdmin):
-    list_display = ("name", "member_count")
+    list_display = ("name", "member_count", "team_page")
     inlines = [TeamSettingsInline]
     readonly_fields = ("member_list",)
     fields = ("name", "member_list", "permissions")
@@ -127,5 +145,11 @@ class TeamAdmin(AuditedAdmin, DjangoGroupAdmin):
         rows = ((reverse("admin:auth_user_change", args=[user.pk]), user.get_username())
                 for user in members)
         links = format_html_join(", ", '<a href="{}">{}</a>', rows)
-        hint = _("Add or remove members on each user's page (field “groups”).")
-        return format_html("{}<p class=\"help\">{}</p>", links or "-", hint)
+        hint = _("Add or remove members, managers and invitations on the team's page:")
+        return format_html("{}<p class=\"help\">{} <a href=\"{}\">{}</a></p>", links or "-",
+                           hint, reverse("team", args=[obj.pk]), obj.name)
+
+    @admin.display(description=_("team page"))
+    def team_page(self, obj: Group) -> str:
+        return format_html('<a href="{}">{}</a>', reverse("team", args=[obj.pk]),
+                           _("Members and invitations"))

@@ -40,6 +40,7 @@ from conversations.models import MessageStatus, UsageRecord
 from conversations.runtime import off_loop
 from conversations.usage import accounting
 from providers import crypto
+from providers import status as provider_status
 from providers.base import ChatRequest, Delta, ErrorKind, Finish, ProviderClient, ProviderError
 from providers.models import ModelConfig, Provider
 from providers.services import client_for
@@ -243,3 +244,14 @@ def record_usage(record: UsageRecord | int, model: ModelConfig, outcome: Outcome
                              completion_tokens=outcome.completion_tokens,
                              request_id=outcome.request_id, ttft_ms=outcome.ttft_ms,
                              duration_ms=outcome.duration_ms, error_code=outcome.error_code)
+    record_provider_status(model, outcome)
+
+
+def record_provider_status(model: ModelConfig, outcome: Outcome) -> None:
+    """The provider's health after this call (providers/status.py): a completed answer means
+    it works, a provider error that it fails; a stop, our own crash or a shutdown say nothing."""
+    if outcome.status == MessageStatus.COMPLETE:
+        provider_status.record_call(model.provider_id, ok=True)
+    elif outcome.error is not None:
+        provider_status.record_call(model.provider_id, ok=False,
+                                    kind=outcome.error.kind.value, message=outcome.error.message)

@@ -6,7 +6,7 @@ slow); without Redis they run in-process too. Services call `start` after their 
 committed; nothing else decides this.
 
 A server process also runs the reaper from its first request on, and, without Redis (no
-Celery beat), the image cleanup on a timer.
+Celery beat), the image cleanup and the retention run on timers.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import translation
 
+from chatsite.celery import app as celery_app
 from conversations import runtime
 from conversations.answers.reaper import reap_stale, reaper_loop
 from conversations.answers.runner import run_generation
@@ -30,6 +31,8 @@ from conversations.images.attachments import cleanup
 from conversations.models import Message
 
 log = logging.getLogger(__name__)
+# The retention run (conversations/retention/tasks.py, a higher room: called by name).
+RETENTION_TASK = "conversations.apply_retention"
 
 
 def start(message: Message) -> None:
@@ -51,6 +54,8 @@ def start_periodic(loop: asyncio.AbstractEventLoop) -> None:
     if not settings.REDIS_URL:  # with Redis, Celery beat runs the cleanup
         interval = settings.CLEANUP_INTERVAL_SECONDS
         loop.call_soon_threadsafe(lambda: runtime.spawn(_cleanup_loop(interval)))
+        every = float(settings.RETENTION_INTERVAL_SECONDS)
+        loop.call_soon_threadsafe(lambda: runtime.spawn(_task_loop(RETENTION_TASK, every)))
 
 
 async def _cleanup_loop(interval: float) -> None:
@@ -61,6 +66,23 @@ async def _cleanup_loop(interval: float) -> None:
             log.info("image cleanup: %s", report)
         except Exception:
             log.warning("image cleanup failed", exc_info=True)
+
+
+def run_task_by_name(name: str) -> Any:
+    """Run a Celery task of a higher room here and now, as beat would have it run (its module
+    is found the way a worker finds it: Celery's autodiscovery)."""
+    celery_app.loader.import_default_modules()
+    return celery_app.tasks[name]()
+
+
+async def _task_loop(name: str, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            result = await database_sync_to_async(run_task_by_name)(name)
+            log.debug("%s: %s", name, result)  # the task logs what it changed
+        except Exception:
+            log.warning("%s failed", name, exc_info=True)
 
 
 def start_reaper_thread() -> threading.Thread:

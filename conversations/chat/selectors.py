@@ -19,7 +19,8 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext as _
 
 from conversations.access import conversations_visible_to
-from conversations.models import Conversation, Message, UserPreferences
+from conversations.models import Conversation, Message, TeamSettings, UserPreferences
+from conversations.retention.policy import Deadline, deadlines
 from conversations.tree import NO_BOUND, path_up
 from providers.models import ModelConfig
 
@@ -84,6 +85,8 @@ class SidebarRow:
     title_html: SafeString
     snippet_html: SafeString | None
     own: bool
+    # The retention policy deletes it soon: the owner sees when (conversations/retention/).
+    deletes: Deadline | None = None
 
 
 @dataclass
@@ -129,6 +132,8 @@ def sidebar_groups(user: Any, page: Page, *, query: str = "", zone: datetime.tzi
     today = timezone.localtime(now or timezone.now(), zone).date()
     query = query.strip()[:200]
     groups: list[SidebarGroup] = []
+    own_id = getattr(user, "pk", None)
+    soon = deadlines([c for c in page if c.owner_id == own_id], now=now)
     for conversation in page:
         if conversation.pinned:
             key, label = "pinned", _("Pinned")
@@ -141,7 +146,7 @@ def sidebar_groups(user: Any, page: Page, *, query: str = "", zone: datetime.tzi
             conversation=conversation,
             title_html=highlight(conversation.display_title, query),
             snippet_html=snippet(match, query) if query and match else None,
-            own=conversation.owner_id == getattr(user, "pk", None)))
+            own=conversation.owner_id == own_id, deletes=soon.get(conversation.pk)))
     return groups
 
 
@@ -181,18 +186,26 @@ class ModelChoice:
 
 
 def model_choices(user: Any) -> list[ModelChoice]:
-    """The models a user may use (one query), grouped by provider, with their price hints."""
-    models = ModelConfig.objects.visible_to(user).order_by("provider__kind", "sort_order")
+    """The models a user may use (one query), in the order set on the models page (a page
+    groups them by provider, in the order of each provider's first model), with price hints."""
+    models = ModelConfig.objects.visible_to(user).order_by("sort_order", "display_name")
     return [ModelChoice(m, m.provider.name, price_hint(m)) for m in models]
 
 
 def default_model_for(user: Any, choices: list[ModelChoice]) -> ModelConfig | None:
-    """The user's remembered default when they may still use it, else the first choice."""
+    """A new chat's model: the user's remembered default when they may still use it, else
+    the default of one of their teams (by team name), else the first choice."""
     preferred = (UserPreferences.objects.filter(user=user).values_list("default_model_id",
                                                                          flat=True).first())
-    for choice in choices:
-        if choice.model.pk == preferred:
-            return choice.model
+    by_pk = {choice.model.pk: choice.model for choice in choices}
+    if preferred in by_pk:
+        return by_pk[preferred]
+    team_defaults = TeamSettings.objects.filter(
+        team__user=user, default_model__isnull=False).order_by("team__name").values_list(
+        "default_model_id", flat=True)
+    for pk in team_defaults:
+        if pk in by_pk:
+            return by_pk[pk]
     return choices[0].model if choices else None
 
 
@@ -269,6 +282,14 @@ def node_for(message: Message) -> ThreadNode:
                                            parent_id=message.parent_id)
                     .order_by("seq").values_list("pk", flat=True))
     return ThreadNode(message, siblings)
+
+
+def retention_deadline(user: Any, conversation: Conversation) -> Deadline | None:
+    """For the conversation page: when the retention policy deletes it, shown to its owner
+    within the week before (conversations/retention/policy.py)."""
+    if conversation.owner_id != getattr(user, "pk", None):
+        return None
+    return deadlines([conversation]).get(conversation.pk)
 
 
 def active_messages(conversation: Conversation) -> list[Message]:

@@ -2,7 +2,17 @@ from __future__ import annotations
 
 from django.urls import path
 
-from conversations.web import images, share_views, token_views, transfer_views, views
+from conversations.web import (
+    images,
+    invite_views,
+    manage_views,
+    retention_views,
+    share_views,
+    team_views,
+    token_views,
+    transfer_views,
+    views,
+)
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -49,4 +59,45 @@ urlpatterns += [
     path("account/tokens/", token_views.token_list, name="api_tokens"),
     path("account/tokens/<int:token_id>/revoke/", token_views.token_revoke,
          name="api_token_revoke"),
+]
+
+# Team pages and invitation links (conversations/teams/).
+urlpatterns += [
+    path("teams/", team_views.team_list, name="teams"),
+    path("teams/invitations/", team_views.site_invitation_create,
+         name="site_invitation_create"),
+    path("teams/invitations/<int:invitation_id>/revoke/", team_views.site_invitation_revoke,
+         name="site_invitation_revoke"),
+    path("teams/<int:team_id>/", team_views.team_detail, name="team"),
+    path("teams/<int:team_id>/members/", team_views.members_add, name="team_members_add"),
+    path("teams/<int:team_id>/members/<int:user_id>/remove/", team_views.member_remove,
+         name="team_member_remove"),
+    path("teams/<int:team_id>/members/<int:user_id>/role/", team_views.member_role,
+         name="team_member_role"),
+    path("teams/<int:team_id>/settings/", team_views.team_settings, name="team_settings"),
+    path("teams/<int:team_id>/invitations/", team_views.invitation_create,
+         name="team_invitation_create"),
+    path("teams/<int:team_id>/invitations/<int:invitation_id>/revoke/",
+         team_views.invitation_revoke, name="team_invitation_revoke"),
+    path("invite/<str:token>/", invite_views.invite_page, name="invite"),
+]
+
+# The management pages for superusers: providers at a glance, the models (web/manage_views.py).
+urlpatterns += [
+    path("manage/providers/", manage_views.providers_page, name="manage_providers"),
+    path("manage/providers/<str:kind>/", manage_views.provider_edit, name="manage_provider"),
+    path("manage/providers/<str:kind>/test/", manage_views.provider_test,
+         name="manage_provider_test"),
+    path("manage/models/", manage_views.models_page, name="manage_models"),
+    path("manage/models/team-defaults/", manage_views.team_defaults,
+         name="manage_team_defaults"),
+    path("manage/models/<str:slug>/", manage_views.model_edit, name="manage_model"),
+    path("manage/models/<str:slug>/move/", manage_views.model_move, name="manage_model_move"),
+    path("manage/models/<str:slug>/enabled/", manage_views.model_enabled,
+         name="manage_model_enabled"),
+]
+
+# The retention policy for superusers (web/retention_views.py, conversations/retention/).
+urlpatterns += [
+    path("manage/retention/", retention_views.retention_page, name="manage_retention"),
 ]

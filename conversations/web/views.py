@@ -155,6 +155,7 @@ def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> Htt
     context = {**_list_context(request, conversation), "conversation": conversation,
                "thread": selectors.thread(conversation), "access": access,
                "needs_image": needs_image,
+               "retention_deadline": selectors.retention_deadline(request.user, conversation),
                "model_choice_groups": (_models_context(request.user)["model_choice_groups"]
                                        if can_continue else {}),
                "can_continue": access >= Access.CONTINUE, "can_manage": access >= Access.MANAGE}

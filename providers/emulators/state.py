@@ -229,7 +229,9 @@ class EmulatorState:
                 queue.clear()
             self._requests.clear()
             self._calls.clear()
-            self._tokens.clear()
+            # Issued access tokens stay valid (a real vendor's do not die when a test resets
+            # its scripts): a server process that cached one must not pay a refresh and a
+            # second model call in the next test. expire_tokens() is the explicit way.
             self._agreed.clear()
             if self._initially_agreed:
                 self._agreed.add(self.credentials.cloudflare_account_id)

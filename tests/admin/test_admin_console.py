@@ -276,3 +276,14 @@ def test_console_pages_cannot_be_framed(admin_client: Client, console: dict[str,
         response = admin_client.get(url)
         assert response["X-Frame-Options"] == "DENY"
         assert "frame-ancestors 'none'" in response["Content-Security-Policy"]
+
+
+def test_a_users_single_sign_on_identities_are_shown_read_only(admin_client: Any,
+                                                                owner: Any) -> None:
+    from chatsite.models import ExternalIdentity
+
+    ExternalIdentity.objects.create(user=owner, issuer="https://id.example.com",
+                                    subject="sub-4711", email="alice@example.com")
+    page = admin_client.get(f"/admin/auth/user/{owner.pk}/change/").content.decode()
+    assert "https://id.example.com · sub-4711 · alice@example.com" in page
+    assert 'name="sso_identities"' not in page

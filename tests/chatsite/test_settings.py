@@ -165,3 +165,23 @@ def test_check_deploy_is_clean_under_production_settings(tmp_path: Path) -> None
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_daphne_access_log_lines_hide_capability_paths_and_sign_in_codes() -> None:
+    import io
+
+    from daphne.access import AccessLogGenerator
+
+    from chatsite.daphne_tuning import redact_access_log
+
+    redact_access_log()
+    stream = io.StringIO()
+    log = AccessLogGenerator(stream)
+    for path in ("/s/SHARETOKEN123/", "/invite/INVITETOKEN456/", "/i/SIGNEDIMAGE789",
+                 "/accounts/sso/callback/?code=THECODE&state=THESTATE"):
+        log("http", "complete", {"client": ["127.0.0.1", 1], "method": "GET", "path": path,
+                                 "status": 200, "size": 10})
+    written = stream.getvalue()
+    for secret in ("SHARETOKEN123", "INVITETOKEN456", "SIGNEDIMAGE789", "THECODE", "THESTATE"):
+        assert secret not in written
+    assert written.count("[redacted]") == 5

@@ -172,7 +172,8 @@ def check() -> tuple[str, CommandError | None]:
 
 
 def rows(output: str) -> dict[str, list[str]]:
-    lines = output.splitlines()[2:]
+    # The model table ends at the first blank line; each provider's status follows.
+    lines = output.split("\n\n")[0].splitlines()[2:]
     return {line.split()[0]: line.split() for line in lines if line.strip()}
 
 

@@ -31,6 +31,10 @@ class Conversation(models.Model):
     pinned = models.BooleanField(_("pinned"), default=False)
     archived = models.BooleanField(_("archived"), default=False)
     imported = models.BooleanField(_("imported"), default=False)
+    # The preset it was started from (its prompt and parameters were copied at the start:
+    # later edits of the preset do not rewrite this conversation).
+    preset = models.ForeignKey("Preset", on_delete=models.SET_NULL, null=True, blank=True,
+                               related_name="conversations", verbose_name=_("preset"))
     # Kept whatever the retention policy says (an admin's legal hold).
     legal_hold = models.BooleanField(_("legal hold"), default=False)
     # The tip of the branch the user looks at; walking `parent` up from it gives the thread.
@@ -427,3 +431,41 @@ class Invitation(models.Model):
     def is_valid(self, now: Any = None) -> bool:
         now = now or timezone.now()
         return self.used_at is None and self.revoked_at is None and self.expires_at > now
+
+
+class Preset(models.Model):
+    """A named starting point: a model, a system prompt, parameters and starter prompts.
+
+    Personal (owner set), published to a team (team set) or site-wide (neither)."""
+
+    class Scope(models.TextChoices):
+        PERSONAL = "personal", _("personal")
+        TEAM = "team", _("team")
+        SITE = "site", _("site")
+
+    slug = models.SlugField(_("slug"), max_length=80, unique=True)
+    name = models.CharField(_("name"), max_length=80)
+    icon = models.CharField(_("icon"), max_length=16, blank=True)
+    scope = models.CharField(_("scope"), max_length=8, choices=Scope.choices,
+                             default=Scope.PERSONAL)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True,
+                              blank=True, related_name="presets", verbose_name=_("owner"))
+    team = models.ForeignKey(Group, on_delete=models.CASCADE, null=True, blank=True,
+                             related_name="presets", verbose_name=_("team"))
+    model = models.ForeignKey(ModelConfig, on_delete=models.PROTECT, related_name="+",
+                              verbose_name=_("model"))
+    system_prompt = models.TextField(_("system prompt"), blank=True, max_length=20_000)
+    params = models.JSONField(_("parameters"), default=dict, blank=True)
+    starters = models.JSONField(_("starter prompts"), default=list, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL,
+                                   null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        ordering = ["scope", "name"]
+        verbose_name = _("preset")
+        verbose_name_plural = _("presets")
+
+    def __str__(self) -> str:
+        return f"{self.icon} {self.name}".strip()

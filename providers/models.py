@@ -289,6 +289,8 @@ class ModelConfig(models.Model):
         help_text=_("Leave empty to make the model visible to every user."),
     )
     sort_order = models.PositiveSmallIntegerField(_("order"), default=0)
+    # The vendor model accepts OpenAI-style `tools` and answers with tool calls (/v1 only).
+    supports_tools = models.BooleanField(_("accepts tools"), default=False)
     # Writes conversation titles after the first answer. None chosen: the cheapest enabled
     # text model does it.
     for_titles = models.BooleanField(

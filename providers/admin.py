@@ -19,6 +19,7 @@ from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 
 from providers import crypto, services
+from providers.catalogue import TOOL_KINDS
 from providers.models import CREDENTIAL_FIELDS, ModelConfig, Provider
 
 CREDENTIAL_PREFIX = "cred_"
@@ -172,6 +173,10 @@ class ModelConfigForm(forms.ModelForm):
                                            "they are written from text alone."))
         if data.get("for_titles") and not data.get("enabled", self.instance.enabled):
             self.add_error("for_titles", _("Enable the model to let it write titles."))
+        if data.get("supports_tools") and self.instance.provider.kind not in TOOL_KINDS:
+            self.add_error("supports_tools", _(
+                "This provider's models cannot be sent tools here: only the Cloudflare "
+                "models' client translates them."))
         return data
 
 
@@ -190,7 +195,8 @@ class ModelConfigAdmin(admin.ModelAdmin):
         (None, {"fields": ["display_name", "slug", "provider", "model_id", "enabled",
                            "sort_order", "groups", "for_titles"]}),
         (_("Capabilities and limits"), {"fields": [
-            "vision", "requires_image", "context_window", "max_input_chars", "max_images",
+            "vision", "requires_image", "supports_tools", "context_window", "max_input_chars",
+            "max_images",
             "max_image_bytes", "max_image_pixels", "max_image_side"]}),
         (_("Defaults"), {"fields": ["default_params", "parameter_ranges"]}),
         (_("Prices"), {"fields": ["price_input_per_mtok", "price_output_per_mtok", "currency"]}),

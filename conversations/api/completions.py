@@ -21,15 +21,16 @@ from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
 from conversations.answers.core import Answer, Outcome, persist, record_usage
+from conversations.api import tools
 from conversations.api.errors import internal, provider_error
 from conversations.api.prepare import Prepared
-from conversations.models import Attachment
+from conversations.models import Attachment, MessageStatus
 from providers.base import Delta, ProviderError
 
 log = logging.getLogger(__name__)
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "max_tokens": "length",
-                  "content_filter": "content_filter"}
+                  "content_filter": "content_filter", "tool_calls": "tool_calls"}
 
 
 def _finish_sync(prepared: Prepared, outcome: Outcome) -> None:
@@ -141,11 +142,21 @@ class Completion:
         return {"prompt_tokens": prompt, "completion_tokens": completion,
                 "total_tokens": prompt + completion}
 
+    @property
+    def tool_calls(self) -> tuple[Any, ...]:
+        """The calls the model asked for (providers/base.py Finish.tool_calls)."""
+        finish = self.answer.finish
+        return finish.tool_calls if finish is not None else ()
+
     def body(self, outcome: Outcome) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": outcome.text}
+        if self.tool_calls and outcome.status == MessageStatus.COMPLETE:
+            # OpenAI's form: no text is null content beside the calls.
+            message = {"role": "assistant", "content": outcome.text or None,
+                       "tool_calls": tools.message_calls(self.tool_calls)}
         return {"id": self.id, "object": "chat.completion", "created": self.created,
                 "model": self.slug,
-                "choices": [{"index": 0,
-                             "message": {"role": "assistant", "content": outcome.text},
+                "choices": [{"index": 0, "message": message,
                              "logprobs": None, "finish_reason": self.finish_reason(outcome)}],
                 "usage": self.usage(outcome)}
 
@@ -197,6 +208,8 @@ class Completion:
                 yield self.chunk({"content": piece}, include_usage=include_usage)
                 piece = await self.next()
             outcome = self.answer.completed()
+            for calls in tools.delta_calls(self.tool_calls):
+                yield self.chunk({"tool_calls": calls}, include_usage=include_usage)
             yield self.chunk({}, self.finish_reason(outcome), include_usage=include_usage)
             if include_usage:
                 yield self.usage_chunk(outcome)

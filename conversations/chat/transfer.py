@@ -14,8 +14,10 @@ from django.utils.translation import gettext as _
 
 from conversations import bounded_json
 from conversations.chat import selectors
+from conversations.errors import ServiceError
 from conversations.images import attachments
 from conversations.models import Attachment, Conversation, Message, MessageStatus
+from conversations.presets import services as preset_services
 from providers.models import ModelConfig
 
 FORMAT = "llamachat.conversation"
@@ -43,6 +45,7 @@ def export_data(conversation: Conversation) -> dict[str, Any]:
         "format": FORMAT, "version": VERSION, "exported_at": timezone.now().isoformat(),
         "title": conversation.display_title, "model": conversation.model.slug,
         "system_prompt": conversation.system_prompt, "params": conversation.params,
+        "preset": preset_services.export_of(conversation.preset),
         "created_at": conversation.created_at.isoformat(),
         "active_leaf": str(conversation.active_leaf_id) if conversation.active_leaf_id else None,
         "messages": [{
@@ -63,6 +66,8 @@ def export_data(conversation: Conversation) -> dict[str, Any]:
 def export_markdown(conversation: Conversation) -> str:
     """The branch being viewed, as Markdown (model output is already Markdown)."""
     lines = [f"# {conversation.display_title}", ""]
+    if conversation.preset is not None:
+        lines += [f"> **Preset:** {conversation.preset}", ""]
     if conversation.system_prompt:
         lines += ["> **System prompt:** " + conversation.system_prompt.replace("\n", "\n> "), ""]
     for node in selectors.thread(conversation, limit=10**6).nodes:
@@ -140,6 +145,15 @@ def import_conversation(user: Any, raw: bytes) -> Conversation:
         owner=user, model=model, title=_text(data.get("title"), 200),
         title_is_auto=False, system_prompt=_text(data.get("system_prompt"), 20_000),
         params={}, imported=True)
+    # The preset it was started from: the importer's visible one of that slug, or their own
+    # with the same content, or a new personal preset with the exported content.
+    try:
+        preset = preset_services.find_or_recreate(user, data.get("preset"), model)
+    except ServiceError as exc:
+        raise ImportRefused(exc.message) from None
+    if preset is not None:
+        conversation.preset = preset
+        conversation.save(update_fields=["preset"])
     ids: dict[str, Message] = {}
     seq = 0
     for row in rows:

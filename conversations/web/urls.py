@@ -2,7 +2,14 @@ from __future__ import annotations
 
 from django.urls import path
 
-from conversations.web import images, share_views, token_views, transfer_views, views
+from conversations.web import (
+    images,
+    preset_views,
+    share_views,
+    token_views,
+    transfer_views,
+    views,
+)
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -49,4 +56,12 @@ urlpatterns += [
     path("account/tokens/", token_views.token_list, name="api_tokens"),
     path("account/tokens/<int:token_id>/revoke/", token_views.token_revoke,
          name="api_token_revoke"),
+]
+
+# Presets (personal, team, site-wide): conversations/web/preset_views.py.
+urlpatterns += [
+    path("presets/", preset_views.preset_list, name="presets"),
+    path("presets/new/", preset_views.preset_new, name="preset_new"),
+    path("presets/<slug:slug>/edit/", preset_views.preset_edit, name="preset_edit"),
+    path("presets/<slug:slug>/delete/", preset_views.preset_delete, name="preset_delete"),
 ]

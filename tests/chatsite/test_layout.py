@@ -17,7 +17,7 @@ LEVELS: list[set[str]] = [
     {"tree", "access", "audit"},
     {"images", "usage", "sharing"},
     {"answers"},
-    {"retention"},
+    {"retention", "presets"},
     {"chat", "teams"},
     {"api"},
     {"web", "admin"},

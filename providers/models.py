@@ -323,3 +323,24 @@ class ModelConfig(models.Model):
 
     def param_specs(self) -> dict[str, Any]:
         return specs_for(self.model_id)
+
+
+class ModelFallback(models.Model):
+    """When `model`'s provider fails before the first token with a curable kind, the answer
+    continues on `fallback` (ordered by position; text for text, vision only to vision)."""
+
+    model = models.ForeignKey(ModelConfig, on_delete=models.CASCADE,
+                              related_name="fallback_links", verbose_name=_("model"))
+    fallback = models.ForeignKey(ModelConfig, on_delete=models.CASCADE, related_name="+",
+                                 verbose_name=_("fallback model"))
+    position = models.PositiveSmallIntegerField(_("order"), default=0)
+
+    class Meta:
+        ordering = ["model", "position", "pk"]
+        constraints = [models.UniqueConstraint(fields=["model", "fallback"],
+                                               name="model_fallback_unique")]
+        verbose_name = _("fallback model")
+        verbose_name_plural = _("fallback models")
+
+    def __str__(self) -> str:
+        return f"{self.model} -> {self.fallback}"

@@ -27,7 +27,7 @@ app.conf.update(
     timezone=os.environ.get("TIME_ZONE", "UTC"),
 )
 # Tasks live beside the concern they serve (answers, images), not in one flat module.
-app.autodiscover_tasks(["conversations.answers", "conversations.images"])
+app.autodiscover_tasks(["conversations.answers", "conversations.images", "conversations.documents"])
 
 
 @app.task(name="chatsite.ping")

@@ -14,7 +14,14 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Q, QuerySet
 from django.http import Http404
 
-from conversations.models import Attachment, Conversation, Message, Preset, TeamSettings
+from conversations.models import (
+    Attachment,
+    Conversation,
+    Document,
+    Message,
+    Preset,
+    TeamSettings,
+)
 from conversations.runtime import off_loop
 
 # Who asks: a signed-in user (Django's own user model) or an anonymous visitor.
@@ -115,6 +122,21 @@ def get_attachment_for(user: Viewer, attachment_id: Any) -> Attachment:
     elif conversation_access(user, attachment.conversation) < Access.READ:
         raise Http404
     return attachment
+
+
+def get_document_for(user: Viewer, document_id: Any) -> Document:
+    """A document for whoever can read the conversation it belongs to, or, before it is sent,
+    for its uploader only; Http404 otherwise (the same rule as get_attachment_for)."""
+    document = (Document.objects.select_related("conversation")
+                .filter(pk=_parse_uuid(document_id)).first())
+    if document is None:
+        raise Http404
+    if document.conversation is None:
+        if document.owner_id != getattr(user, "pk", None):
+            raise Http404
+    elif conversation_access(user, document.conversation) < Access.READ:
+        raise Http404
+    return document
 
 
 def unsent_uploads_of(user: Viewer) -> QuerySet[Attachment]:

@@ -19,7 +19,7 @@ from django.dispatch import receiver
 
 from conversations import events
 from conversations.images.attachments import delete_files_after_commit
-from conversations.models import Attachment
+from conversations.models import Attachment, Document
 
 User = get_user_model()
 
@@ -76,6 +76,8 @@ def _attachment_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
 def connect_attachment_signals() -> None:
     post_delete.connect(_attachment_deleted, sender=Attachment,
                         dispatch_uid="attachment-file-cleanup")
+    post_delete.connect(_attachment_deleted, sender=Document,
+                        dispatch_uid="document-file-cleanup")
 
 
 connect_attachment_signals()

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 
-from conversations.answers import drain
+from conversations.answers import drain, fallback
 from conversations.answers.budget import Fitted, check_prompt, fit
 from conversations.answers.history import Turn, merge_params, one_image
 from conversations.api import tools
@@ -33,6 +33,7 @@ from conversations.models import Attachment, UsageRecord
 from conversations.usage import accounting
 from providers.base import ChatRequest, ProviderError, Role
 from providers.catalogue import TOOL_KINDS
+from providers.fallbacks import chain
 from providers.models import ModelConfig
 
 
@@ -56,6 +57,11 @@ class Prepared:
     attachment_ids: list[uuid.UUID]
     prompt_chars: int
     dropped: int = 0  # earlier messages the context budget left out
+    # With `"fallback": true`: what another model needs to take over (fall_back below).
+    spec: Spec | None = None
+    images: list[list[Attachment]] = field(default_factory=list)
+    fallbacks: list[ModelConfig] = field(default_factory=list)
+    fallback_from: ModelConfig | None = None  # the model first asked, once another answers
 
 
 def model_params(model: ModelConfig, options: dict[str, Any]) -> dict[str, Any]:
@@ -192,5 +198,48 @@ def prepare(user: Any, spec: Spec) -> Prepared:
         raise
     request = ChatRequest(model=model.model_id, messages=fitted.messages, system=spec.system,
                           params=fitted.params, tools=spec.tools.sent if spec.tools else ())
-    return Prepared(model=model, request=request, record_id=record.pk, attachment_ids=stored,
-                    prompt_chars=spec.prompt_chars, dropped=fitted.dropped)
+    prepared = Prepared(model=model, request=request, record_id=record.pk,
+                        attachment_ids=stored, prompt_chars=spec.prompt_chars,
+                        dropped=fitted.dropped)
+    if spec.fallback:
+        prepared.spec, prepared.images = spec, images
+        prepared.fallbacks = chain(model, user)
+        reason = fallback.open_reason(model, prepared.fallbacks)
+        if reason:  # its provider's breaker is open: start on a fallback at once
+            fall_back(prepared, reason)
+    return prepared
+
+
+def _request_for(model: ModelConfig, spec: Spec, images: list[list[Attachment]]
+                 ) -> tuple[ChatRequest, int]:
+    """The same checks and shaping as `prepare`, for another model (ApiError: it refuses)."""
+    check_tools(model, spec)
+    check_images(model, spec)
+    params = model_params(model, spec.options)
+    try:
+        check_prompt(model, spec.system, spec.messages[-1].text)
+    except ServiceError as exc:
+        raise service_error(exc) from None
+    fitted = _shape(model, spec, images, params)
+    return ChatRequest(model=model.model_id, messages=fitted.messages, system=spec.system,
+                       params=fitted.params, tools=spec.tools.sent if spec.tools else ()
+                       ), fitted.dropped
+
+
+def fall_back(prepared: Prepared, reason: str) -> bool:
+    """Move a prepared call to the first fallback that takes the request (sync): the model,
+    the request and the ledger row's model change. False when none does."""
+    if prepared.spec is None:
+        return False
+    usable = fallback.closed(prepared.fallbacks) or list(prepared.fallbacks)
+    for model in usable:
+        prepared.fallbacks.remove(model)
+        try:
+            request, dropped = _request_for(model, prepared.spec, prepared.images)
+        except ApiError:
+            continue  # this model refuses the request (a parameter, an image, its window)
+        prepared.fallback_from = prepared.fallback_from or prepared.model
+        prepared.model, prepared.request, prepared.dropped = model, request, dropped
+        UsageRecord.objects.filter(pk=prepared.record_id).update(model=model)
+        return True
+    return False

@@ -61,7 +61,7 @@ IGNORABLE: dict[str, Callable[[Any], bool]] = {
     "response_format": lambda v: v == {"type": "text"},
     "modalities": lambda v: v == ["text"],
 }
-REQUEST_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
+REQUEST_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "fallback"})
 
 # --- request parsing --------------------------------------------------------------------------
 @dataclass
@@ -82,6 +82,7 @@ class Spec:
     stream: bool
     include_usage: bool
     tools: tools.ToolFields | None = None  # `tools` given (api/tools.py)
+    fallback: bool = False  # `"fallback": true`: the model's fallbacks may answer (api.md)
 
     @property
     def uses_tools(self) -> tuple[str, ...]:
@@ -137,13 +138,15 @@ def parse_request(body: Any) -> Spec:
             None, True, False):
         raise bad("invalid_type", "'stream_options' must be {\"include_usage\": true|false}.",
                    "stream_options")
+    if body.get("fallback") not in (None, True, False):
+        raise bad("invalid_type", "'fallback' must be true or false.", "fallback")
     system, messages = _parse_messages(body.get("messages"))
     tool_fields = tools.parse_tool_fields(body) if tools.wants_tools(body) else None
     skipped = REQUEST_FIELDS | (frozenset(tools.TOOL_FIELDS) if tool_fields else frozenset())
     options = {k: v for k, v in body.items() if k not in skipped}
     return Spec(model=body["model"], system=system, messages=messages, options=options,
                 stream=bool(stream), include_usage=bool(stream_options.get("include_usage")),
-                tools=tool_fields)
+                tools=tool_fields, fallback=body.get("fallback") is True)
 
 
 def _parse_messages(raw: Any) -> tuple[str, list[InMessage]]:

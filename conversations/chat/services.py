@@ -19,6 +19,7 @@ from conversations import events
 from conversations.access import Access, preset_access
 from conversations.answers import drain, jobs, titles
 from conversations.answers.budget import check_prompt
+from conversations.documents.store import attach_documents
 from conversations.errors import ServiceError
 from conversations.images.attachments import attach, images_in_branch
 from conversations.models import (
@@ -126,7 +127,8 @@ def _existing_pair(conversation: Conversation, client_id: uuid.UUID) -> PostResu
 
 def message_post(user: Any, conversation: Conversation, *, text: str, client_id: uuid.UUID,
                  edit_of: Message | None = None,
-                 attachment_ids: list[uuid.UUID] | None = None) -> PostResult:
+                 attachment_ids: list[uuid.UUID] | None = None,
+                 document_ids: list[uuid.UUID] | None = None) -> PostResult:
     """Store a user message and a queued answer. A repeated client_id returns the first pair.
 
     `edit_of` is an earlier user message being edited: the new one becomes its sibling (a
@@ -158,6 +160,7 @@ def message_post(user: Any, conversation: Conversation, *, text: str, client_id:
                 conversation=locked, parent=parent, seq=seq, role=Message.Role.USER,
                 author=user, client_id=client_id, content=text, status=MessageStatus.COMPLETE)
             attach(user, user_message, attachment_ids or [], model)
+            attach_documents(user, user_message, document_ids or [])
             assistant = Message.objects.create(
                 conversation=locked, parent=user_message, seq=seq + 1,
                 role=Message.Role.ASSISTANT, model=model, status=MessageStatus.QUEUED)

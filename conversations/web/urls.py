@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.urls import path
 
 from conversations.web import (
+    document_views,
     images,
     preset_views,
     share_views,
@@ -17,6 +18,12 @@ urlpatterns = [
     path("uploads/", images.upload_image, name="upload_image"),
     path("uploads/<uuid:attachment_id>/discard/", images.upload_discard, name="upload_discard"),
     path("images/<uuid:attachment_id>/", images.image, name="image"),
+    path("documents/", document_views.upload_document, name="upload_document"),
+    path("documents/<uuid:document_id>/discard/", document_views.document_discard,
+         name="document_discard"),
+    path("documents/<uuid:document_id>/status/", document_views.document_status,
+         name="document_status"),
+    path("documents/<uuid:document_id>/", document_views.document_file, name="document_file"),
     path("i/<str:image_id>", images.signed_image, name="signed_image"),
     path("c/<uuid:conversation_id>/", views.conversation_detail, name="conversation"),
     path("c/<uuid:conversation_id>/thread/", views.thread_fragment, name="thread_fragment"),

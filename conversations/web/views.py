@@ -32,6 +32,7 @@ from conversations.errors import ServiceError
 from conversations.images.attachments import stored_image_in_branch
 from conversations.models import Conversation, Message
 from conversations.sharing import links
+from conversations.web.document_views import document_ids
 from conversations.web.forms import ConversationSettingsForm, NewConversationForm, param_fields
 from providers.models import ModelConfig
 
@@ -149,7 +150,8 @@ def conversation_new(request: HttpRequest) -> HttpResponse:
             result = services.message_post(request.user, conversation,
                                            text=form.cleaned_data["text"],
                                            client_id=form.cleaned_data["client_id"],
-                                           attachment_ids=_attachment_ids(request))
+                                           attachment_ids=_attachment_ids(request),
+                                           document_ids=document_ids(request))
         except ServiceError as exc:
             form.add_error(None, exc.message)
         else:
@@ -235,7 +237,8 @@ def message_post(request: HttpRequest, conversation_id: uuid.UUID) -> HttpRespon
         result = services.message_post(request.user, conversation,
                                        text=request.POST.get("text", ""), client_id=client_id,
                                        edit_of=edit_of,
-                                       attachment_ids=_attachment_ids(request))
+                                       attachment_ids=_attachment_ids(request),
+                                       document_ids=document_ids(request))
     except ServiceError as exc:
         return _error(request, exc, fallback)
     if not _wants_json(request):

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LEVELS: list[set[str]] = [
     {"models", "errors", "events", "runtime", "rendering", "bounded_json"},
     {"tree", "access", "audit"},
-    {"images", "usage", "sharing"},
+    {"images", "usage", "sharing", "documents"},
     {"answers"},
     {"retention", "presets"},
     {"chat", "teams"},

@@ -28,7 +28,7 @@ app.conf.update(
 )
 # Tasks live beside the concern they serve (answers, images), not in one flat module.
 app.autodiscover_tasks(["conversations.answers", "conversations.images",
-                        "conversations.retention"])
+                        "conversations.retention", "conversations.documents"])
 
 
 @app.task(name="chatsite.ping")

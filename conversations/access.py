@@ -14,7 +14,14 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Q, QuerySet
 from django.http import Http404
 
-from conversations.models import Attachment, Conversation, Message, TeamSettings
+from conversations.models import (
+    Attachment,
+    Conversation,
+    Document,
+    Message,
+    Preset,
+    TeamSettings,
+)
 from conversations.runtime import off_loop
 
 # Who asks: a signed-in user (Django's own user model) or an anonymous visitor.
@@ -141,8 +148,81 @@ def get_attachment_for(user: Viewer, attachment_id: Any) -> Attachment:
     return attachment
 
 
+def get_document_for(user: Viewer, document_id: Any) -> Document:
+    """A document for whoever can read the conversation it belongs to, or, before it is sent,
+    for its uploader only; Http404 otherwise (the same rule as get_attachment_for)."""
+    document = (Document.objects.select_related("conversation")
+                .filter(pk=_parse_uuid(document_id)).first())
+    if document is None:
+        raise Http404
+    if document.conversation is None:
+        if document.owner_id != getattr(user, "pk", None):
+            raise Http404
+    elif conversation_access(user, document.conversation) < Access.READ:
+        raise Http404
+    return document
+
+
 def unsent_uploads_of(user: Viewer) -> QuerySet[Attachment]:
     """Uploads of this user's that no sent message holds yet (the composer may discard them).
 
     A queryset, so that "still unsent" is checked by the same statement that deletes."""
     return Attachment.objects.filter(owner_id=getattr(user, "pk", None), message__isnull=True)
+
+
+# --- presets ----------------------------------------------------------------------------------
+def preset_access(user: Viewer, preset: Preset) -> Access:
+    """Who may see and use a preset (READ) and who may edit or delete it (MANAGE).
+
+    Personal: its owner. Team: the team's members read, its managers (TeamSettings.managers)
+    and superusers manage. Site-wide: everyone signed in reads, superusers manage. Anything
+    else is NONE (shown as 404)."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return Access.NONE
+    superuser = bool(getattr(user, "is_superuser", False))
+    if preset.scope == Preset.Scope.PERSONAL:
+        return Access.MANAGE if preset.owner_id == user.pk else Access.NONE
+    if preset.scope == Preset.Scope.TEAM:
+        if preset.team_id and may_publish_preset(user, Preset.Scope.TEAM, preset.team_id):
+            return Access.MANAGE
+        member = bool(preset.team_id) and user.groups.filter(pk=preset.team_id).exists()
+        return Access.READ if member else Access.NONE
+    if preset.scope == Preset.Scope.SITE:
+        return Access.MANAGE if superuser else Access.READ
+    return Access.NONE
+
+
+def may_publish_preset(user: Viewer, scope: str, team_id: int | None = None) -> bool:
+    """Personal presets: anyone signed in. Team: a manager of that team (or a superuser).
+    Site-wide: superusers only."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return False
+    superuser = bool(getattr(user, "is_superuser", False))
+    if scope == Preset.Scope.PERSONAL:
+        return True
+    if scope == Preset.Scope.TEAM:
+        if not team_id:
+            return False
+        return superuser or TeamSettings.objects.filter(team_id=team_id,
+                                                        managers=user).exists()
+    return scope == Preset.Scope.SITE and superuser
+
+
+def presets_visible_to(user: Viewer) -> QuerySet[Preset]:
+    """The presets a user may see and use: their own, their teams' and the site's."""
+    if user is None or not user.is_authenticated or not user.is_active:
+        return Preset.objects.none()
+    return Preset.objects.filter(
+        Q(scope=Preset.Scope.PERSONAL, owner=user)
+        | Q(scope=Preset.Scope.TEAM, team__in=user.groups.all())
+        | Q(scope=Preset.Scope.SITE)).select_related("model", "team", "owner")
+
+
+def get_preset_for(user: Viewer, slug: Any, need: Access = Access.READ) -> Preset:
+    """The preset if `user` has at least `need` on it; Http404 otherwise (unknown and not
+    visible look the same)."""
+    preset = (Preset.objects.select_related("model", "model__provider", "team")
+              .filter(slug=str(slug)[:80]).first() if isinstance(slug, str) else None)
+    if preset is None or preset_access(user, preset) < need:
+        raise Http404
+    return preset

@@ -20,7 +20,7 @@ from django.dispatch import receiver
 from chatsite.oidc.signals import sso_refused, sso_signed_in
 from conversations import audit, events
 from conversations.images.attachments import delete_files_after_commit
-from conversations.models import Attachment, TeamSettings
+from conversations.models import Attachment, Document, TeamSettings
 
 User = get_user_model()
 
@@ -95,6 +95,8 @@ def _attachment_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
 def connect_attachment_signals() -> None:
     post_delete.connect(_attachment_deleted, sender=Attachment,
                         dispatch_uid="attachment-file-cleanup")
+    post_delete.connect(_attachment_deleted, sender=Document,
+                        dispatch_uid="document-file-cleanup")
 
 
 connect_attachment_signals()

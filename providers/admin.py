@@ -10,33 +10,36 @@ from typing import Any
 
 import axes.admin  # noqa: F401 - registers the login-throttling tables, unregistered below
 from axes.models import AccessAttempt, AccessFailureLog, AccessLog
+from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils.decorators import method_decorator
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_post_parameters
 
-from providers import services
+from providers import breaker, services
+from providers.fallbacks import refusal
 from providers.forms import (
     ALL_CREDENTIAL_NAMES,
     CREDENTIAL_PREFIX,
     ModelConfigForm,
     ProviderForm,
 )
-from providers.models import ModelConfig, Provider
+from providers.models import ModelConfig, ModelFallback, Provider
 
 
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
     form = ProviderForm
     list_display = ["name", "kind", "enabled", "configured", "managed_by_env", "status_badge",
-                    "last_latency_ms", "last_checked_at"]
+                    "circuit", "last_latency_ms", "last_checked_at"]
     readonly_fields = ["kind", "credentials_summary", "managed_by_env", "last_status",
                        "failing_since", "last_error_kind", "last_error", "last_latency_ms",
-                       "last_checked_at", "warnings"]
+                       "last_checked_at", "warnings", "circuit"]
     actions = ["test_connection"]
 
     def get_fieldsets(self, request: HttpRequest, obj: Provider | None = None) -> Any:
@@ -48,7 +51,7 @@ class ProviderAdmin(admin.ModelAdmin):
             *([(_("Options"), {"fields": options})] if options else []),
             (_("Last check"), {"fields": ["last_status", "failing_since", "last_error_kind",
                                           "last_error", "last_latency_ms",
-                                          "last_checked_at"]}),
+                                          "last_checked_at", "circuit"]}),
         ]
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False,
@@ -72,6 +75,16 @@ class ProviderAdmin(admin.ModelAdmin):
     @admin.display(boolean=True, description=_("configured"))
     def configured(self, obj: Provider) -> bool:
         return obj.is_configured
+
+    @admin.display(description=_("circuit breaker"))
+    def circuit(self, obj: Provider) -> str:
+        """Open: answers with a fallback skip this provider until the cool-down ends."""
+        state = breaker.state(obj.kind)
+        if not state.open:
+            return str(_("closed"))
+        return format_html('<span class="status status-error">{}</span>', _(
+            "open for %(seconds)s s more (%(error)s): answers go to their fallback models") % {
+            "seconds": state.seconds_left, "error": state.last_error})
 
     @admin.display(description=_("status"))
     def status_badge(self, obj: Provider) -> str:
@@ -110,6 +123,54 @@ class ProviderAdmin(admin.ModelAdmin):
                 self.message_user(request, warning, messages.WARNING)
 
 
+class FallbackChoice(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        return f"{obj.display_name} ({obj.provider.name})"
+
+
+class FallbackForm(forms.ModelForm):
+    """Text for text, vision only to vision, never the model itself (providers/fallbacks.py)."""
+
+    class Meta:
+        model = ModelFallback
+        fields = ["model", "fallback", "position"]
+        field_classes = {"model": FallbackChoice, "fallback": FallbackChoice}
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        model, fallback = data.get("model"), data.get("fallback")
+        if model is not None and fallback is not None:
+            problem = refusal(model, fallback)
+            if problem:
+                self.add_error("fallback", problem)
+        return data
+
+
+@admin.register(ModelFallback)
+class ModelFallbackAdmin(admin.ModelAdmin):
+    """Ordered fallbacks per model: when a model's provider fails before the first token with a
+    curable error, the answer continues on the first of its fallbacks that can take it."""
+
+    form = FallbackForm
+    list_display = ["model", "position", "fallback", "fallback_provider"]
+    list_display_links = ["model"]
+    list_editable = ["position"]
+    list_filter = ["model"]
+    ordering = ["model__sort_order", "model__slug", "position", "pk"]
+    list_select_related = ["model", "fallback", "fallback__provider"]
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        initial = super().get_changeform_initial_data(request)
+        model = request.GET.get("model__id__exact") or request.GET.get("model")
+        if model:
+            initial["model"] = model
+        return initial
+
+    @admin.display(description=_("provider"))
+    def fallback_provider(self, obj: ModelFallback) -> str:
+        return obj.fallback.provider.name
+
+
 @admin.register(ModelConfig)
 class ModelConfigAdmin(admin.ModelAdmin):
     list_display = ["display_name", "provider", "model_id", "vision", "requires_image",
@@ -120,12 +181,13 @@ class ModelConfigAdmin(admin.ModelAdmin):
     filter_horizontal = ["groups"]
     # The slug is the stable id conversations and forms refer to (and the seeded ones hold dots,
     # which SlugField's validator refuses): it is never edited here.
-    readonly_fields = ["slug", "provider", "model_id", "parameter_ranges"]
+    readonly_fields = ["slug", "provider", "model_id", "parameter_ranges", "fallback_list"]
     fieldsets = [
         (None, {"fields": ["display_name", "slug", "provider", "model_id", "enabled",
-                           "sort_order", "groups", "for_titles"]}),
+                           "sort_order", "groups", "for_titles", "fallback_list"]}),
         (_("Capabilities and limits"), {"fields": [
-            "vision", "requires_image", "context_window", "max_input_chars", "max_images",
+            "vision", "requires_image", "supports_tools", "context_window", "max_input_chars",
+            "max_images",
             "max_image_bytes", "max_image_pixels", "max_image_side"]}),
         (_("Defaults"), {"fields": ["default_params", "parameter_ranges"]}),
         (_("Prices"), {"fields": ["price_input_per_mtok", "price_output_per_mtok", "currency"]}),
@@ -154,6 +216,19 @@ class ModelConfigAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # disable instead: history keeps referring to the model
+
+    @admin.display(description=_("fallback models"))
+    def fallback_list(self, obj: ModelConfig) -> str:
+        """The ordered fallbacks, and where to change them."""
+        links = obj.fallback_links.select_related("fallback", "fallback__provider")
+        names = format_html_join(" → ", "{} ({})", (
+            (link.fallback.display_name, link.fallback.provider.name) for link in links))
+        url = reverse("admin:providers_modelfallback_changelist")
+        add = reverse("admin:providers_modelfallback_add")
+        return format_html(
+            '{} <a href="{}?model__id__exact={}">{}</a> · <a href="{}?model={}">{}</a>',
+            names or _("none"), url, obj.pk, _("change the order"), add, obj.pk,
+            _("add a fallback"))
 
     @admin.display(description=_("accepted parameters"))
     def parameter_ranges(self, obj: ModelConfig) -> str:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 
 
 class ErrorKind(enum.StrEnum):
@@ -94,10 +94,31 @@ class ImagePart:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """One function call a model asked for. `arguments` is JSON text (OpenAI's form)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A function the model may call: a name, what it does, a JSON-schema object."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class Message:
     role: Role
     text: str
     images: tuple[ImagePart, ...] = ()
+    # An assistant turn that called tools; a "tool" turn answers the call `tool_call_id`.
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +127,7 @@ class ChatRequest:
     messages: tuple[Message, ...]
     system: str = ""
     params: Mapping[str, Any] = field(default_factory=dict)
+    tools: tuple[Tool, ...] = ()  # only for a client that accepts tools (catalogue.TOOL_KINDS)
 
 
 @dataclass(frozen=True)
@@ -128,9 +150,11 @@ class Delta:
 class Finish:
     """The last item of every successful stream."""
 
-    reason: str  # "stop", "length", "content_filter", ...
+    reason: str  # "stop", "length", "content_filter", "tool_calls", ...
     usage: Usage | None = None
     request_id: str | None = None
+    # The calls the model asked for instead of (or after) its text; reason "tool_calls".
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 StreamItem = Delta | Finish

@@ -46,7 +46,8 @@ MODELS: list[dict[str, Any]] = [
      "display_name": "Llama 3.2 3B Instruct", "vision": False, "requires_image": False,
      "context_window": 128000, "max_input_chars": 131072, "max_images": 0,
      "default_params": {"max_tokens": 1024}, "price_input_per_mtok": Decimal("0.051"),
-     "price_output_per_mtok": Decimal("0.335"), "currency": "USD", "sort_order": 10},
+     "price_output_per_mtok": Decimal("0.335"), "currency": "USD", "sort_order": 10,
+     "supports_tools": True},
     {"slug": "llama-3.2-11b-vision", "provider": "cloudflare",
      "model_id": CF_VISION_MODEL,
      "display_name": "Llama 3.2 11B Vision Instruct", "vision": True, "requires_image": False,
@@ -54,7 +55,8 @@ MODELS: list[dict[str, Any]] = [
      # The image travels as a JSON int array (3-4 bytes per byte): keep it small.
      "max_image_bytes": 2 * 1024 * 1024, "max_image_side": _VISION_SIDE,
      "default_params": {"max_tokens": 1024}, "price_input_per_mtok": Decimal("0.049"),
-     "price_output_per_mtok": Decimal("0.68"), "currency": "USD", "sort_order": 20},
+     "price_output_per_mtok": Decimal("0.68"), "currency": "USD", "sort_order": 20,
+     "supports_tools": True},
     {"slug": "llama-3.2-90b-vision", "provider": "dashscope",
      "model_id": DASHSCOPE_MODEL, "display_name": "Llama 3.2 90B Vision Instruct",
      "vision": True, "requires_image": True, "context_window": 8192, "max_input_chars": None,
@@ -67,6 +69,12 @@ MODELS: list[dict[str, Any]] = [
      "default_params": {}, "price_input_per_mtok": Decimal(0),
      "price_output_per_mtok": Decimal(0), "currency": "CNY", "sort_order": 40},
 ]
+
+# The clients that translate tools (`ChatRequest.tools`) to their vendor: a model answers tool
+# calls only when its row says `supports_tools` and its provider is one of these. Both
+# Cloudflare models' schemas take `tools` and answer `tool_calls` (docs/providers.md).
+TOOL_KINDS = frozenset({"cloudflare"})
+
 
 def context_window(model_id: str) -> int:
     """The catalogue's context window of a model id, in tokens (input plus output)."""
@@ -87,8 +95,10 @@ def seed(provider_model: Any, model_config_model: Any) -> None:
                       "options": spec.get("options", {})},
         )
         by_kind[spec["kind"]] = row
+    # A data migration runs this with the historical model: fields added later are left out.
+    known = {f.name for f in model_config_model._meta.get_fields()}
     for spec in MODELS:
-        values = {k: v for k, v in spec.items() if k not in {"slug", "provider"}}
+        values = {k: v for k, v in spec.items() if k not in {"slug", "provider"} and k in known}
         model_config_model.objects.get_or_create(
             slug=spec["slug"], defaults={**values, "provider": by_kind[spec["provider"]]}
         )

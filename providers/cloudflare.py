@@ -12,14 +12,28 @@ Request shapes:
 ends the stream. Unknown keys (`p` padding, `choices`, `neurons`) are ignored; any object with
 a non-empty `errors` list is fatal; EOF without `[DONE]` is a truncated answer.
 
+Tools (docs/api.md "Tool calls"): with `tools` the `messages` shape is always used (the
+vision model's image then travels as the top-level `image` byte array, which that shape also
+takes). Tools go as `{"type": "function", "function": {...}}`, each parameter with the
+`description` the vendor's schema requires; an assistant turn that called tools is sent as its
+calls in JSON text (`{"name": ..., "parameters": {...}}`, Llama 3.2's own form: the schema's
+messages carry only `role` and `content`), a tool result as a `tool` turn. The vendor answers
+with `tool_calls: [{"name", "arguments": {...}}]` beside `response`, in the non-stream result or
+in stream events; both that form and OpenAI's (`function.arguments` text, an `index`) are read.
+A request with tools is sent with `stream: false` (the vendor documents `tool_calls` only in the
+whole answer; no streamed tool-call form is confirmed, docs/provider-audit.md section 6): its
+answer arrives at once, as one delta before the finish that carries the calls.
+
 Licence gate (vision model): a 403/5016 is answered once with `{"prompt": "agree"}`, then the
 original request is retried once.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import uuid
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -37,6 +51,8 @@ from providers.base import (
     ProviderConfig,
     ProviderError,
     StreamItem,
+    Tool,
+    ToolCall,
     Usage,
 )
 from providers.client import StreamingClient, json_object
@@ -107,6 +123,11 @@ class _Prepared:
     body: dict[str, Any]
     max_tokens: int
 
+    @property
+    def body_limit(self) -> int:
+        """What a non-stream reply may hold: an error envelope, or a whole answer."""
+        return 256 * 1024 if self.body.get("stream") else 8 * 1024 * 1024
+
 
 class CloudflareClient(StreamingClient):
     kind = "cloudflare"
@@ -126,11 +147,17 @@ class CloudflareClient(StreamingClient):
         max_tokens = int(params.pop("max_tokens", CLOUDFLARE_DEFAULT_MAX_TOKENS))
         image = _latest_image(request.messages) if "vision" in request.model else None
         body: dict[str, Any]
-        if image is None:
+        if _uses_tools(request):
+            body = {"messages": _messages(request)}
+            if request.tools:
+                body["tools"] = [_tool(t) for t in request.tools]
+            if image is not None:
+                body["image"] = list(image.data)
+        elif image is None:
             body = {"messages": _messages(request)}
         else:
             body = {"prompt": _flatten(request), "image": list(image.data)}
-        body.update(params, stream=True, max_tokens=max_tokens)
+        body.update(params, stream=not request.tools, max_tokens=max_tokens)
         url = f"{self._base_url}/accounts/{self._account_id}/ai/run/{request.model}"
         return _Prepared(model=request.model, url=url, body=body, max_tokens=max_tokens)
 
@@ -164,7 +191,7 @@ class CloudflareClient(StreamingClient):
                         async for item in items:
                             yield item
                     return
-                body = await read_body_limited(response)
+                body = await read_body_limited(response, prepared.body_limit)
         for item in self._read_plain(response, body, prepared):
             yield item
 
@@ -180,6 +207,7 @@ class CloudflareClient(StreamingClient):
         decoder = SSEDecoder(max_event_bytes=self._max_event_bytes, provider=NAME)
         usage: Usage | None = None
         done = False
+        calls = _Calls()
         async for event in aiter_events(response, decoder):
             data = event.data.strip()
             if data == "[DONE]":
@@ -197,6 +225,7 @@ class CloudflareClient(StreamingClient):
             text = payload.get("response")
             if isinstance(text, str) and text:
                 yield Delta(text)
+            calls.add(payload.get("tool_calls"))
             usage = _usage(payload.get("usage")) or usage
         if not done:
             raise ProviderError(
@@ -204,7 +233,7 @@ class CloudflareClient(StreamingClient):
                 f"The answer from {NAME} stopped before it was complete.",
                 request_id=response.headers.get("cf-ray"),
             )
-        yield _finish(usage, prepared.max_tokens, response.headers.get("cf-ray"))
+        yield _finish(usage, prepared.max_tokens, response.headers.get("cf-ray"), calls.done())
 
     def _read_plain(
         self, response: httpx.Response, body: bytes, prepared: _Prepared
@@ -218,7 +247,10 @@ class CloudflareClient(StreamingClient):
         text = result.get("response")
         items: list[StreamItem] = [Delta(text)] if isinstance(text, str) and text else []
         usage = _usage(result.get("usage"))
-        items.append(_finish(usage, prepared.max_tokens, response.headers.get("cf-ray")))
+        calls = _Calls()
+        calls.add(result.get("tool_calls"))
+        items.append(_finish(usage, prepared.max_tokens, response.headers.get("cf-ray"),
+                             calls.done()))
         return items
 
     # ---- licence gate ---------------------------------------------------------------------
@@ -278,8 +310,79 @@ class CloudflareClient(StreamingClient):
 
 def _messages(request: ChatRequest) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": request.system}] if request.system else []
-    messages += [{"role": m.role, "content": m.text} for m in request.messages]
+    messages += [{"role": m.role, "content": _content(m)} for m in request.messages]
     return messages
+
+
+def _uses_tools(request: ChatRequest) -> bool:
+    return bool(request.tools) or any(
+        m.role == "tool" or m.tool_calls for m in request.messages)
+
+
+def _content(message: Message) -> str:
+    """A turn's text; an assistant turn's tool calls as Llama 3.2's JSON, after its text."""
+    if not message.tool_calls:
+        return message.text
+    calls = [json.dumps({"name": c.name, "parameters": _arguments_object(c.arguments)},
+                        ensure_ascii=False) for c in message.tool_calls]
+    return "\n".join([message.text, *calls] if message.text else calls)
+
+
+def _arguments_object(arguments: str) -> Any:
+    try:
+        return json.loads(arguments or "{}")
+    except ValueError:
+        return arguments
+
+
+def _tool(tool: Tool) -> dict[str, Any]:
+    """A tool in the vendor's schema: description required, on the tool and each parameter."""
+    parameters = dict(tool.parameters) or {"type": "object", "properties": {}}
+    parameters.setdefault("type", "object")
+    properties = parameters.get("properties")
+    parameters["properties"] = {
+        name: {**spec, "description": spec.get("description") or name}
+        for name, spec in (properties.items() if isinstance(properties, dict) else ())
+        if isinstance(spec, dict)}
+    return {"type": "function", "function": {
+        "name": tool.name, "description": tool.description or tool.name,
+        "parameters": parameters}}
+
+
+class _Calls:
+    """Tool calls read from a reply: whole (`name` + `arguments` object) or in OpenAI-style
+    pieces (`index`, `function.name`, `function.arguments` text to append)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, str]] = {}
+
+    def add(self, value: Any) -> None:
+        if not isinstance(value, list):
+            return
+        for position, item in enumerate(value):
+            if not isinstance(item, dict):
+                continue
+            function: dict[str, Any] = (
+                item["function"] if isinstance(item.get("function"), dict) else item)
+            name, arguments = function.get("name"), function.get("arguments")
+            index = item.get("index")
+            if not isinstance(index, int):
+                index = len(self._calls) if isinstance(name, str) and name else position
+            call = self._calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
+            if isinstance(item.get("id"), str) and item["id"]:
+                call["id"] = item["id"]
+            if isinstance(name, str) and name:
+                call["name"] = name
+            if isinstance(arguments, str):
+                call["arguments"] += arguments
+            elif arguments is not None:
+                call["arguments"] += json.dumps(arguments, ensure_ascii=False)
+
+    def done(self) -> tuple[ToolCall, ...]:
+        return tuple(
+            ToolCall(id=call["id"] or f"call_{uuid.uuid4().hex[:24]}", name=call["name"],
+                     arguments=call["arguments"] or "{}")
+            for _index, call in sorted(self._calls.items()) if call["name"])
 
 
 def _latest_image(messages: tuple[Message, ...]) -> ImagePart | None:
@@ -289,7 +392,7 @@ def _latest_image(messages: tuple[Message, ...]) -> ImagePart | None:
     return None
 
 
-_LABELS = {"user": "User", "assistant": "Assistant", "system": "System"}
+_LABELS = {"user": "User", "assistant": "Assistant", "system": "System", "tool": "Tool"}
 
 
 def _flatten(request: ChatRequest) -> str:
@@ -362,6 +465,10 @@ def _usage(value: Any) -> Usage | None:
     )
 
 
-def _finish(usage: Usage | None, max_tokens: int, request_id: str | None) -> Finish:
+def _finish(usage: Usage | None, max_tokens: int, request_id: str | None,
+            tool_calls: tuple[ToolCall, ...] = ()) -> Finish:
+    if tool_calls:
+        return Finish(reason="tool_calls", usage=usage, request_id=request_id,
+                      tool_calls=tool_calls)
     hit_limit = usage is not None and (usage.completion_tokens or 0) >= max_tokens
     return Finish(reason="length" if hit_limit else "stop", usage=usage, request_id=request_id)

@@ -17,6 +17,7 @@ from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_variables
 
 from providers import crypto
+from providers.catalogue import TOOL_KINDS
 from providers.models import CREDENTIAL_FIELDS, ModelConfig, Provider
 
 CREDENTIAL_PREFIX = "cred_"
@@ -93,6 +94,10 @@ class ModelConfigForm(forms.ModelForm):  # type: ignore[type-arg]  # generic in 
                                            "they are written from text alone."))
         if data.get("for_titles") and not data.get("enabled", self.instance.enabled):
             self.add_error("for_titles", _("Enable the model to let it write titles."))
+        if data.get("supports_tools") and self.instance.provider.kind not in TOOL_KINDS:
+            self.add_error("supports_tools", _(
+                "This provider's models cannot be sent tools here: only the Cloudflare "
+                "models' client translates them."))
         return data
 
 

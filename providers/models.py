@@ -289,6 +289,8 @@ class ModelConfig(models.Model):
         help_text=_("Leave empty to make the model visible to every user."),
     )
     sort_order = models.PositiveSmallIntegerField(_("order"), default=0)
+    # The vendor model accepts OpenAI-style `tools` and answers with tool calls (/v1 only).
+    supports_tools = models.BooleanField(_("accepts tools"), default=False)
     # Writes conversation titles after the first answer. None chosen: the cheapest enabled
     # text model does it.
     for_titles = models.BooleanField(
@@ -321,3 +323,24 @@ class ModelConfig(models.Model):
 
     def param_specs(self) -> dict[str, Any]:
         return specs_for(self.model_id)
+
+
+class ModelFallback(models.Model):
+    """When `model`'s provider fails before the first token with a curable kind, the answer
+    continues on `fallback` (ordered by position; text for text, vision only to vision)."""
+
+    model = models.ForeignKey(ModelConfig, on_delete=models.CASCADE,
+                              related_name="fallback_links", verbose_name=_("model"))
+    fallback = models.ForeignKey(ModelConfig, on_delete=models.CASCADE, related_name="+",
+                                 verbose_name=_("fallback model"))
+    position = models.PositiveSmallIntegerField(_("order"), default=0)
+
+    class Meta:
+        ordering = ["model", "position", "pk"]
+        constraints = [models.UniqueConstraint(fields=["model", "fallback"],
+                                               name="model_fallback_unique")]
+        verbose_name = _("fallback model")
+        verbose_name_plural = _("fallback models")
+
+    def __str__(self) -> str:
+        return f"{self.model} -> {self.fallback}"

@@ -7,4 +7,4 @@ Views of our ModelAdmins run inside `audit.acting(request)`, so the changes they
 recorded with the admin who made them. Django imports this package, which registers them all.
 """
 
-from conversations.admin import audit, chat, people, tokens, usage  # noqa: F401  (registers)
+from conversations.admin import audit, chat, people, presets, tokens, usage  # noqa: F401  (registers)

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from django.core.exceptions import ValidationError
 
+from conversations.answers.fallback import curable
 from conversations.errors import (
     INTERNAL,
     INTERRUPTED,
@@ -39,7 +40,7 @@ from conversations.errors import (
 from conversations.models import MessageStatus, UsageRecord
 from conversations.runtime import off_loop
 from conversations.usage import accounting
-from providers import crypto
+from providers import breaker, crypto
 from providers import status as provider_status
 from providers.base import ChatRequest, Delta, ErrorKind, Finish, ProviderClient, ProviderError
 from providers.models import ModelConfig, Provider
@@ -146,7 +147,18 @@ class Answer:
                         yield item
                 elif isinstance(item, Finish):
                     self.finish = item
+                    await breaker.arecord_success(self.provider.kind)
                     return
+        except ProviderError as exc:
+            # A provider that keeps failing before its first token is skipped for a while by
+            # answers that have a fallback (answers/fallback.py).
+            if self.first_token is None and curable(exc):
+                await breaker.arecord_failure(self.provider.kind, exc.kind.value)
+                # Recorded here as well as at the end: when a fallback answers, the end sees
+                # only the model that answered, and this provider's page must still say it fails.
+                await off_loop(provider_status.record_call)(
+                    self.provider.pk, ok=False, kind=exc.kind.value, message=exc.message)
+            raise
         finally:
             await client.aclose()
         raise ProviderError(ErrorKind.TRUNCATED, "The stream ended without a finish.")

@@ -22,6 +22,7 @@ from typing import Any
 from django.utils.translation import gettext as _
 
 from conversations.answers.budget import fit
+from conversations.documents.context import for_prompt as documents_context
 from conversations.errors import ServiceError
 from conversations.images.attachments import fitted_part
 from conversations.models import Attachment, Message
@@ -149,6 +150,12 @@ def request_for(answer: Message) -> Shaped:
         if message.role == Message.Role.USER and carried:
             own, carried = [*carried, *own], []
         turns.append((_role(message), message.content, own))
+    if answer.parent is not None and turns and turns[-1][0] == "user":
+        # Documents of the branch, quoted before the latest question (documents/context.py).
+        quoted = documents_context(model, conversation.system_prompt, answer.parent,
+                                   (conversation.params or {}).get("max_tokens")).text
+        if quoted:
+            turns[-1] = ("user", quoted + turns[-1][1], turns[-1][2])
     wire = one_image(model, turns)
     params = merge_params(model, conversation=conversation.params)
     fitted = fit(model, conversation.system_prompt, wire, params)

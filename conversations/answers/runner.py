@@ -16,7 +16,7 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -24,7 +24,7 @@ from django.conf import settings
 from django.utils import timezone, translation
 
 from conversations import events
-from conversations.answers import titles
+from conversations.answers import fallback, titles
 from conversations.answers.core import Answer, Outcome, outcome_fields, persist, record_usage
 from conversations.answers.history import request_for
 from conversations.errors import NOT_PREPARED, ServiceError
@@ -32,6 +32,7 @@ from conversations.models import Message, MessageStatus, UsageRecord
 from conversations.rendering import render_markdown, render_markdown_cached, split_stable
 from conversations.runtime import off_loop
 from providers.base import ChatRequest, ProviderError
+from providers.models import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Job:
     message: Message
     request: ChatRequest
     sources: tuple[uuid.UUID, ...] = ()  # the stored message of each of request.messages
+    fallbacks: tuple[ModelConfig, ...] = ()  # the models left to try (answers/fallback.py)
 
 
 @dataclass
@@ -102,10 +104,24 @@ def _claim(message_id: uuid.UUID) -> Job | NotPrepared | None:
     else:
         if shaped.dropped:
             Message.objects.filter(pk=message_id).update(context_dropped=shaped.dropped)
-        return Job(message=message, request=shaped.request, sources=shaped.sources)
+        return _with_fallbacks(Job(message=message, request=shaped.request,
+                                   sources=shaped.sources))
     if saved is None:
         return None
     return NotPrepared(saved.conversation_id, events.final_state_of(saved))
+
+
+def _with_fallbacks(job: Job) -> Job:
+    """The job with its model's fallbacks; started on the first one at once when its own
+    provider's circuit breaker is open (answers/fallback.py)."""
+    fallbacks = fallback.candidates(job.message)
+    reason = fallback.open_reason(job.message.model, fallbacks) if job.message.model else ""
+    switched = fallback.switch_web(job.message.pk, fallbacks, reason) if reason else None
+    if switched is None:
+        return replace(job, fallbacks=tuple(fallbacks))
+    model, shaped, rest = switched
+    job.message.model = model
+    return replace(job, request=shaped.request, sources=shaped.sources, fallbacks=tuple(rest))
 
 
 async def run_generation(message_id: uuid.UUID | str, language: str = "") -> None:
@@ -197,12 +213,44 @@ class Generation:
         await self._end(outcome, helpers, layer, control)
 
     async def _stream(self) -> None:
-        async for delta in self.answer.deltas():
-            if delta.rewind:
-                # The vendor rewrote its tail: what was published past the common prefix is
-                # sent again from there (the page replaces from an offset, docs/protocol.md).
-                self.rewound_to = min(self.rewound_to, self.answer.length - len(delta.text))
-            await self._maybe_flush()
+        while True:
+            try:
+                async for delta in self.answer.deltas():
+                    if delta.rewind:
+                        # The vendor rewrote its tail: what was published past the common
+                        # prefix is sent again from there (the page replaces from an offset,
+                        # docs/protocol.md).
+                        self.rewound_to = min(self.rewound_to,
+                                              self.answer.length - len(delta.text))
+                    await self._maybe_flush()
+                return
+            except ProviderError as exc:
+                if not await self._fall_back(exc):
+                    raise
+
+    async def _fall_back(self, exc: ProviderError) -> bool:
+        """Failed before the first token with a curable kind: continue on the next fallback
+        model (answers/fallback.py). False when the error stands."""
+        if (self.answer.first_token is not None or not self.job.fallbacks
+                or not fallback.curable(exc)):
+            return False
+        switched = await off_loop(fallback.switch_web)(self.message_id, self.job.fallbacks,
+                                                       exc.kind.value)
+        if switched is None:
+            return False
+        model, shaped, rest = switched
+        log.info("answer %s: %s failed (%s) before its first token; continuing on %s",
+                 self.message_id, self.job.message.model, exc.kind.value, model.slug)
+        self.job = replace(self.job, request=shaped.request, sources=shaped.sources,
+                           fallbacks=tuple(rest))
+        self.job.message.model = model
+        started = self.answer.started
+        self.answer = Answer(model.provider, shaped.request)
+        self.answer.started = started  # the timings count from the first attempt
+        # Open pages draw the answer again: its model and the one-line notice (protocol.md).
+        await events.publish(self.group, events.state(
+            self.seq, self.message_id, MessageStatus.STREAMING, fallback=model.slug))
+        return True
 
     async def _leave_out_flagged(self, exc: ProviderError) -> None:
         """Turns a vendor's moderation flagged are left out of this branch from now on."""

@@ -17,19 +17,22 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
+from conversations.answers import fallback
 from conversations.answers.core import Answer, Outcome, persist, record_usage
+from conversations.api import tools
 from conversations.api.errors import internal, provider_error
-from conversations.api.prepare import Prepared
-from conversations.models import Attachment
+from conversations.api.prepare import Prepared, fall_back
+from conversations.models import Attachment, MessageStatus
+from conversations.runtime import off_loop
 from providers.base import Delta, ProviderError
 
 log = logging.getLogger(__name__)
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "max_tokens": "length",
-                  "content_filter": "content_filter"}
+                  "content_filter": "content_filter", "tool_calls": "tool_calls"}
 
 
 def _finish_sync(prepared: Prepared, outcome: Outcome) -> None:
@@ -64,9 +67,34 @@ class Completion:
 
     async def open(self) -> str | None:
         """Connect and wait for the first text: errors before any output are raised here.
-        None when the answer finished without text."""
-        self.deltas = self.answer.deltas()
-        return await self.next()
+        None when the answer finished without text.
+
+        With `"fallback": true`, a curable failure before the first text moves the call to
+        the model's next fallback (answers/fallback.py); `model` then names the one that
+        answered."""
+        while True:
+            self.deltas = self.answer.deltas()
+            try:
+                return await self.next()
+            except ProviderError as exc:
+                if not await self._fall_back(exc):
+                    raise
+
+    async def _fall_back(self, exc: ProviderError) -> bool:
+        prepared = self.prepared
+        if (self.answer.first_token is not None or not prepared.fallbacks
+                or not fallback.curable(exc)):
+            return False
+        first = prepared.model.slug
+        if not await off_loop(fall_back)(prepared, exc.kind.value):
+            return False
+        log.info("api %s: %s failed (%s) before its first token; continuing on %s", self.id,
+                 first, exc.kind.value, prepared.model.slug)
+        started = self.answer.started
+        self.answer = Answer(prepared.model.provider, prepared.request)
+        self.answer.started = started
+        self.slug = prepared.model.slug
+        return True
 
     async def next(self) -> str | None:
         """The next piece of text; None once the provider finished.
@@ -130,6 +158,13 @@ class Completion:
             async_to_sync(self.end)(self.answer.stopped())
 
     # --- shapes -------------------------------------------------------------------------------
+    def marked(self, response: HttpResponseBase) -> HttpResponseBase:
+        """`X-Fallback-From: <slug>` when a fallback answered (docs/api.md)."""
+        first = self.prepared.fallback_from
+        if first is not None:
+            response["X-Fallback-From"] = first.slug
+        return response
+
     @staticmethod
     def finish_reason(outcome: Outcome) -> str:
         return FINISH_REASONS.get(outcome.finish_reason or "stop", "stop")
@@ -141,11 +176,21 @@ class Completion:
         return {"prompt_tokens": prompt, "completion_tokens": completion,
                 "total_tokens": prompt + completion}
 
+    @property
+    def tool_calls(self) -> tuple[Any, ...]:
+        """The calls the model asked for (providers/base.py Finish.tool_calls)."""
+        finish = self.answer.finish
+        return finish.tool_calls if finish is not None else ()
+
     def body(self, outcome: Outcome) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": outcome.text}
+        if self.tool_calls and outcome.status == MessageStatus.COMPLETE:
+            # OpenAI's form: no text is null content beside the calls.
+            message = {"role": "assistant", "content": outcome.text or None,
+                       "tool_calls": tools.message_calls(self.tool_calls)}
         return {"id": self.id, "object": "chat.completion", "created": self.created,
                 "model": self.slug,
-                "choices": [{"index": 0,
-                             "message": {"role": "assistant", "content": outcome.text},
+                "choices": [{"index": 0, "message": message,
                              "logprobs": None, "finish_reason": self.finish_reason(outcome)}],
                 "usage": self.usage(outcome)}
 
@@ -165,7 +210,7 @@ class Completion:
                       "model": self.slug, "choices": [], "usage": self.usage(outcome)})
 
     # --- the two answers ----------------------------------------------------------------------
-    async def collect(self) -> HttpResponse:
+    async def collect(self) -> HttpResponseBase:
         """Non-stream: the whole answer as one chat.completion, or an HTTP error."""
         outcome: Outcome | None = None
         try:
@@ -173,11 +218,11 @@ class Completion:
             while piece is not None:
                 piece = await self.next()
             outcome = self.answer.completed()
-            return JsonResponse(self.body(outcome))
+            return self.marked(JsonResponse(self.body(outcome)))
         except ProviderError as exc:
             outcome = self.answer.failed(exc)
-            if outcome.filtered and outcome.text:
-                return JsonResponse(self.body(outcome))  # F22: a filtered answer is an ending
+            if outcome.filtered and outcome.text:  # F22: a filtered answer is an ending
+                return self.marked(JsonResponse(self.body(outcome)))
             return provider_error(exc).response()
         except Exception:
             log.error("api %s failed", self.id, exc_info=True)
@@ -197,6 +242,8 @@ class Completion:
                 yield self.chunk({"content": piece}, include_usage=include_usage)
                 piece = await self.next()
             outcome = self.answer.completed()
+            for calls in tools.delta_calls(self.tool_calls):
+                yield self.chunk({"tool_calls": calls}, include_usage=include_usage)
             yield self.chunk({}, self.finish_reason(outcome), include_usage=include_usage)
             if include_usage:
                 yield self.usage_chunk(outcome)
@@ -246,4 +293,4 @@ async def stream_or_error(completion: Completion, include_usage: bool) -> HttpRe
         log.error("api %s failed before the stream", completion.id, exc_info=True)
         await completion.end(completion.answer.crashed())
         return internal().response()
-    return EventStream(completion, first, include_usage)
+    return completion.marked(EventStream(completion, first, include_usage))

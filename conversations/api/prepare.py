@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 
-from conversations.answers import drain
+from conversations.answers import drain, fallback
 from conversations.answers.budget import Fitted, check_prompt, fit
 from conversations.answers.history import Turn, merge_params, one_image
+from conversations.api import tools
 from conversations.api.errors import ApiError, bad, service_error
 from conversations.api.requests import (
     IGNORABLE,
@@ -31,6 +32,8 @@ from conversations.images.rules import check_image_counts
 from conversations.models import Attachment, UsageRecord
 from conversations.usage import accounting
 from providers.base import ChatRequest, ProviderError, Role
+from providers.catalogue import TOOL_KINDS
+from providers.fallbacks import chain
 from providers.models import ModelConfig
 
 
@@ -54,6 +57,11 @@ class Prepared:
     attachment_ids: list[uuid.UUID]
     prompt_chars: int
     dropped: int = 0  # earlier messages the context budget left out
+    # With `"fallback": true`: what another model needs to take over (fall_back below).
+    spec: Spec | None = None
+    images: list[list[Attachment]] = field(default_factory=list)
+    fallbacks: list[ModelConfig] = field(default_factory=list)
+    fallback_from: ModelConfig | None = None  # the model first asked, once another answers
 
 
 def model_params(model: ModelConfig, options: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +105,13 @@ def _openai_names(specs: dict[str, Any]) -> set[str]:
     return names | set(specs)
 
 
+def check_tools(model: ModelConfig, spec: Spec) -> None:
+    """Tools, tool calls and tool results only for a model whose catalogue entry takes them."""
+    fields = spec.uses_tools
+    if fields and not (model.supports_tools and model.provider.kind in TOOL_KINDS):
+        raise tools.unsupported(model, fields[0])
+
+
 def check_images(model: ModelConfig, spec: Spec) -> None:
     """The composer's image rules (images/rules.py) for every user message, and a bound on
     the work one request may ask for."""
@@ -138,10 +153,15 @@ def _shape(model: ModelConfig, spec: Spec, images: list[list[Attachment]],
     """The answer core's rules for what a model is sent: one image, the context budget."""
     turns: list[Turn] = []
     for message, own in zip(spec.messages, images, strict=True):
-        role: Role = "user" if message.role == "user" else "assistant"
+        role: Role = ("user" if message.role == "user" else
+                      "tool" if message.role == "tool" else "assistant")
         turns.append((role, message.text, own))
     try:
-        return fit(model, spec.system, one_image(model, turns), params)
+        wire = one_image(model, turns)
+        if spec.uses_tools:  # the tool fields ride along; fit() keeps a call with its results
+            wire = tuple(replace(w, tool_calls=m.tool_calls, tool_call_id=m.tool_call_id)
+                         for w, m in zip(wire, spec.messages, strict=True))
+        return fit(model, spec.system, wire, params)
     except ServiceError as exc:
         raise service_error(exc) from None
 
@@ -153,6 +173,7 @@ def prepare(user: Any, spec: Spec) -> Prepared:
     except ServiceError as exc:
         raise service_error(exc, param=None) from None
     model = find_model(user, spec.model)
+    check_tools(model, spec)
     check_images(model, spec)
     params = model_params(model, spec.options)
     try:
@@ -176,6 +197,49 @@ def prepare(user: Any, spec: Spec) -> Prepared:
         Attachment.objects.filter(pk__in=stored).delete()
         raise
     request = ChatRequest(model=model.model_id, messages=fitted.messages, system=spec.system,
-                          params=fitted.params)
-    return Prepared(model=model, request=request, record_id=record.pk, attachment_ids=stored,
-                    prompt_chars=spec.prompt_chars, dropped=fitted.dropped)
+                          params=fitted.params, tools=spec.tools.sent if spec.tools else ())
+    prepared = Prepared(model=model, request=request, record_id=record.pk,
+                        attachment_ids=stored, prompt_chars=spec.prompt_chars,
+                        dropped=fitted.dropped)
+    if spec.fallback:
+        prepared.spec, prepared.images = spec, images
+        prepared.fallbacks = chain(model, user)
+        reason = fallback.open_reason(model, prepared.fallbacks)
+        if reason:  # its provider's breaker is open: start on a fallback at once
+            fall_back(prepared, reason)
+    return prepared
+
+
+def _request_for(model: ModelConfig, spec: Spec, images: list[list[Attachment]]
+                 ) -> tuple[ChatRequest, int]:
+    """The same checks and shaping as `prepare`, for another model (ApiError: it refuses)."""
+    check_tools(model, spec)
+    check_images(model, spec)
+    params = model_params(model, spec.options)
+    try:
+        check_prompt(model, spec.system, spec.messages[-1].text)
+    except ServiceError as exc:
+        raise service_error(exc) from None
+    fitted = _shape(model, spec, images, params)
+    return ChatRequest(model=model.model_id, messages=fitted.messages, system=spec.system,
+                       params=fitted.params, tools=spec.tools.sent if spec.tools else ()
+                       ), fitted.dropped
+
+
+def fall_back(prepared: Prepared, reason: str) -> bool:
+    """Move a prepared call to the first fallback that takes the request (sync): the model,
+    the request and the ledger row's model change. False when none does."""
+    if prepared.spec is None:
+        return False
+    usable = fallback.closed(prepared.fallbacks) or list(prepared.fallbacks)
+    for model in usable:
+        prepared.fallbacks.remove(model)
+        try:
+            request, dropped = _request_for(model, prepared.spec, prepared.images)
+        except ApiError:
+            continue  # this model refuses the request (a parameter, an image, its window)
+        prepared.fallback_from = prepared.fallback_from or prepared.model
+        prepared.model, prepared.request, prepared.dropped = model, request, dropped
+        UsageRecord.objects.filter(pk=prepared.record_id).update(model=model)
+        return True
+    return False

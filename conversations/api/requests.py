@@ -16,7 +16,9 @@ from django.conf import settings
 from django.http import HttpRequest
 
 from conversations import bounded_json
+from conversations.api import tools
 from conversations.api.errors import ApiError, bad
+from providers.base import ToolCall
 from providers.params import PARAM_SPECS
 
 MAX_MESSAGES = 500
@@ -59,14 +61,16 @@ IGNORABLE: dict[str, Callable[[Any], bool]] = {
     "response_format": lambda v: v == {"type": "text"},
     "modalities": lambda v: v == ["text"],
 }
-REQUEST_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
+REQUEST_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "fallback"})
 
 # --- request parsing --------------------------------------------------------------------------
 @dataclass
 class InMessage:
-    role: str  # user | assistant
+    role: str  # user | assistant | tool
     text: str
     images: list[tuple[bytes, str]] = field(default_factory=list)  # (data, declared mime)
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn that called tools
+    tool_call_id: str | None = None  # a tool turn: the call it answers
 
 
 @dataclass
@@ -77,6 +81,16 @@ class Spec:
     options: dict[str, Any]  # every other top-level field, checked once the model is known
     stream: bool
     include_usage: bool
+    tools: tools.ToolFields | None = None  # `tools` given (api/tools.py)
+    fallback: bool = False  # `"fallback": true`: the model's fallbacks may answer (api.md)
+
+    @property
+    def uses_tools(self) -> tuple[str, ...]:
+        """The request's fields that need a model accepting tools (empty: none)."""
+        fields: tuple[str, ...] = ("tools",) if self.tools is not None else ()
+        if any(m.role == "tool" or m.tool_calls for m in self.messages):
+            fields += ("messages",)
+        return fields
 
     @property
     def prompt_chars(self) -> int:
@@ -124,10 +138,15 @@ def parse_request(body: Any) -> Spec:
             None, True, False):
         raise bad("invalid_type", "'stream_options' must be {\"include_usage\": true|false}.",
                    "stream_options")
+    if body.get("fallback") not in (None, True, False):
+        raise bad("invalid_type", "'fallback' must be true or false.", "fallback")
     system, messages = _parse_messages(body.get("messages"))
-    options = {k: v for k, v in body.items() if k not in REQUEST_FIELDS}
+    tool_fields = tools.parse_tool_fields(body) if tools.wants_tools(body) else None
+    skipped = REQUEST_FIELDS | (frozenset(tools.TOOL_FIELDS) if tool_fields else frozenset())
+    options = {k: v for k, v in body.items() if k not in skipped}
     return Spec(model=body["model"], system=system, messages=messages, options=options,
-                stream=bool(stream), include_usage=bool(stream_options.get("include_usage")))
+                stream=bool(stream), include_usage=bool(stream_options.get("include_usage")),
+                tools=tool_fields, fallback=body.get("fallback") is True)
 
 
 def _parse_messages(raw: Any) -> tuple[str, list[InMessage]]:
@@ -139,6 +158,7 @@ def _parse_messages(raw: Any) -> tuple[str, list[InMessage]]:
                    "messages")
     system: list[str] = []
     messages: list[InMessage] = []
+    open_calls: set[str] = set()  # ids of the last assistant turn's calls not yet answered
     for index, item in enumerate(raw):
         where = f"messages[{index}]"
         if not isinstance(item, dict):
@@ -148,16 +168,27 @@ def _parse_messages(raw: Any) -> tuple[str, list[InMessage]]:
             text, images_ = _parse_content(item.get("content"), where, images_allowed=False)
             system.append(text)
             continue
-        if role not in ("user", "assistant"):
+        if role not in ("user", "assistant", "tool"):
             raise bad("unsupported_role", f"Role {str(role)[:40]!r} is not supported; use "
-                       "system, user or assistant.", f"{where}.role")
-        if role == "assistant" and (item.get("tool_calls") or item.get("function_call")):
-            raise bad("unsupported_parameter", "Tool calls are not supported.", where)
+                       "system, user, assistant or tool.", f"{where}.role")
+        if role == "assistant" and item.get("function_call"):
+            raise bad("unsupported_parameter", "'function_call' is not supported; use "
+                      "'tool_calls'.", f"{where}.function_call")
+        if role == "tool":
+            call_id = tools.tool_call_id(item, where, open_calls)
+            open_calls.discard(call_id)
+            text, _none = _parse_content(item.get("content"), where, images_allowed=False)
+            messages.append(InMessage(role=role, text=text, tool_call_id=call_id))
+            continue
+        calls = (tools.assistant_calls(item["tool_calls"], where)
+                 if role == "assistant" and item.get("tool_calls") else ())
+        open_calls = {c.id for c in calls}
         text, images_ = _parse_content(item.get("content"), where,
                                        images_allowed=role == "user")
-        messages.append(InMessage(role=role, text=text, images=images_))
-    if not messages or messages[-1].role != "user":
-        raise bad("invalid_value", "The last message must be a user message.", "messages")
+        messages.append(InMessage(role=role, text=text, images=images_, tool_calls=calls))
+    if not messages or messages[-1].role not in ("user", "tool"):
+        raise bad("invalid_value", "The last message must be a user message (or a tool "
+                  "result).", "messages")
     return "\n\n".join(s for s in system if s), messages
 
 

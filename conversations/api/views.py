@@ -26,6 +26,7 @@ from conversations.api import tokens
 from conversations.api.completions import Completion, stream_or_error
 from conversations.api.errors import ApiError, internal, unauthorized
 from conversations.api.prepare import find_model, prepare
+from conversations.api.presets import apply_preset
 from conversations.api.requests import parse_request, read_json
 from providers.models import ModelConfig
 
@@ -111,6 +112,7 @@ async def unknown(request: HttpRequest, rest: str = "") -> HttpResponse:
 async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     user = await authenticate(request)
     body = await sync_to_async(read_json, thread_sensitive=False)(request)
+    body = await sync_to_async(apply_preset)(user, body)
     spec = parse_request(body)
     prepared = await sync_to_async(prepare)(user, spec)
     completion = Completion(prepared)

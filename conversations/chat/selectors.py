@@ -270,7 +270,8 @@ def thread(conversation: Conversation, *, before_seq: int | None = None,
     window = path[-limit:] if limit else []
     children = _siblings(conversation, {parent for _mid, parent in window})
     messages = {m.id: m for m in Message.objects.filter(pk__in=[mid for mid, _p in window])
-                .select_related("author", "model").prefetch_related("attachments")}
+                .select_related("author", "model").prefetch_related("attachments",
+                                                                     "documents")}
     nodes = [ThreadNode(messages[mid], children.get(parent, [mid])) for mid, parent in window]
     oldest = nodes[0].message.seq if nodes else None
     return Thread(nodes=nodes, has_older=has_older, oldest_seq=oldest)

@@ -16,8 +16,10 @@ from django.db.models import F
 from django.utils.translation import gettext as _
 
 from conversations import events
+from conversations.access import Access, preset_access
 from conversations.answers import drain, jobs, titles
 from conversations.answers.budget import check_prompt
+from conversations.documents.store import attach_documents
 from conversations.errors import ServiceError
 from conversations.images.attachments import attach, images_in_branch
 from conversations.models import (
@@ -25,6 +27,7 @@ from conversations.models import (
     Conversation,
     Message,
     MessageStatus,
+    Preset,
     UserPreferences,
 )
 from conversations.sharing.links import share_group
@@ -56,13 +59,30 @@ def auto_title(text: str) -> str:
 
 
 def conversation_create(user: Any, *, model: ModelConfig | None, system_prompt: str = "",
-                        params: dict[str, Any] | None = None, title: str = "") -> Conversation:
+                        params: dict[str, Any] | None = None, title: str = "",
+                        preset: Preset | None = None) -> Conversation:
+    """`preset`: the one the chat was started from (recorded; what it holds was copied into
+    the other arguments, so later edits of the preset change nothing here)."""
+    if preset is not None and preset_access(user, preset) < Access.READ:
+        raise ServiceError("preset_not_found", _("This preset is not available."), 404)
+    if preset is not None and model is not None and model.pk == preset.model_id and not \
+            ModelConfig.objects.visible_to(user).filter(pk=model.pk).exists():
+        raise ServiceError("model_unavailable", _(
+            "The model of the preset “%(name)s” is not available to you. Ask its publisher "
+            "or an administrator, or pick another model.") % {"name": preset.name}, 400)
     model = _check_model(user, model)
     return Conversation.objects.create(
         owner=user, model=model, system_prompt=system_prompt.strip()[:20_000],
         params=clean_params(model, params or {}), title=title.strip()[:200],
-        title_is_auto=not title.strip(),
+        title_is_auto=not title.strip(), preset=preset,
     )
+
+
+def conversation_create_from_preset(user: Any, preset: Preset, *,
+                                    title: str = "") -> Conversation:
+    """A new conversation with a copy of the preset's model, system prompt and parameters."""
+    return conversation_create(user, model=preset.model, system_prompt=preset.system_prompt,
+                               params=dict(preset.params or {}), title=title, preset=preset)
 
 
 @dataclass
@@ -107,7 +127,8 @@ def _existing_pair(conversation: Conversation, client_id: uuid.UUID) -> PostResu
 
 def message_post(user: Any, conversation: Conversation, *, text: str, client_id: uuid.UUID,
                  edit_of: Message | None = None,
-                 attachment_ids: list[uuid.UUID] | None = None) -> PostResult:
+                 attachment_ids: list[uuid.UUID] | None = None,
+                 document_ids: list[uuid.UUID] | None = None) -> PostResult:
     """Store a user message and a queued answer. A repeated client_id returns the first pair.
 
     `edit_of` is an earlier user message being edited: the new one becomes its sibling (a
@@ -139,6 +160,7 @@ def message_post(user: Any, conversation: Conversation, *, text: str, client_id:
                 conversation=locked, parent=parent, seq=seq, role=Message.Role.USER,
                 author=user, client_id=client_id, content=text, status=MessageStatus.COMPLETE)
             attach(user, user_message, attachment_ids or [], model)
+            attach_documents(user, user_message, document_ids or [])
             assistant = Message.objects.create(
                 conversation=locked, parent=user_message, seq=seq + 1,
                 role=Message.Role.ASSISTANT, model=model, status=MessageStatus.QUEUED)

@@ -14,8 +14,11 @@ from django.utils.translation import gettext as _
 
 from conversations import bounded_json
 from conversations.chat import selectors
+from conversations.documents import store as document_store
+from conversations.errors import ServiceError
 from conversations.images import attachments
-from conversations.models import Attachment, Conversation, Message, MessageStatus
+from conversations.models import Attachment, Conversation, Document, Message, MessageStatus
+from conversations.presets import services as preset_services
 from providers.models import ModelConfig
 
 FORMAT = "llamachat.conversation"
@@ -38,11 +41,12 @@ def _image_name(attachment: Attachment) -> str:
 def export_data(conversation: Conversation) -> dict[str, Any]:
     """Every message of every branch, in creation order, with the active branch's tip."""
     messages = (Message.objects.filter(conversation=conversation).order_by("seq")
-                .select_related("author", "model").prefetch_related("attachments"))
+                .select_related("author", "model").prefetch_related("attachments", "documents"))
     return {
         "format": FORMAT, "version": VERSION, "exported_at": timezone.now().isoformat(),
         "title": conversation.display_title, "model": conversation.model.slug,
         "system_prompt": conversation.system_prompt, "params": conversation.params,
+        "preset": preset_services.export_of(conversation.preset),
         "created_at": conversation.created_at.isoformat(),
         "active_leaf": str(conversation.active_leaf_id) if conversation.active_leaf_id else None,
         "messages": [{
@@ -56,6 +60,9 @@ def export_data(conversation: Conversation) -> dict[str, Any]:
             "images": [{"file": _image_name(a), "mime_type": a.mime_type, "width": a.width,
                         "height": a.height, "name": a.display_name}
                        for a in m.attachments.all() if not a.expired and a.file],
+            "documents": [{"name": d.display_name, "mime_type": d.mime_type, "pages": d.pages,
+                           "size": d.size, "sha256": d.sha256, "status": d.status,
+                           "text": d.text} for d in m.documents.all()],
         } for m in messages],
     }
 
@@ -63,6 +70,8 @@ def export_data(conversation: Conversation) -> dict[str, Any]:
 def export_markdown(conversation: Conversation) -> str:
     """The branch being viewed, as Markdown (model output is already Markdown)."""
     lines = [f"# {conversation.display_title}", ""]
+    if conversation.preset is not None:
+        lines += [f"> **Preset:** {conversation.preset}", ""]
     if conversation.system_prompt:
         lines += ["> **System prompt:** " + conversation.system_prompt.replace("\n", "\n> "), ""]
     for node in selectors.thread(conversation, limit=10**6).nodes:
@@ -72,6 +81,9 @@ def export_markdown(conversation: Conversation) -> str:
         lines += [f"## {who}", ""]
         lines += [f"![{a.display_name}]({_image_name(a)})" for a in m.attachments.all()
                   if not a.expired and a.file]
+        for d in m.documents.all():  # the text, quoted: never rendered as Markdown
+            lines += [f"**{d.display_name}**", "", *(f"    {line}" for line in
+                                                     d.text.splitlines()), ""]
         lines += [m.content or "", ""]
         if m.status not in (MessageStatus.COMPLETE,):
             lines += [f"*({m.get_status_display()})*", ""]
@@ -140,6 +152,15 @@ def import_conversation(user: Any, raw: bytes) -> Conversation:
         owner=user, model=model, title=_text(data.get("title"), 200),
         title_is_auto=False, system_prompt=_text(data.get("system_prompt"), 20_000),
         params={}, imported=True)
+    # The preset it was started from: the importer's visible one of that slug, or their own
+    # with the same content, or a new personal preset with the exported content.
+    try:
+        preset = preset_services.find_or_recreate(user, data.get("preset"), model)
+    except ServiceError as exc:
+        raise ImportRefused(exc.message) from None
+    if preset is not None:
+        conversation.preset = preset
+        conversation.save(update_fields=["preset"])
     ids: dict[str, Message] = {}
     seq = 0
     for row in rows:
@@ -164,11 +185,31 @@ def import_conversation(user: Any, raw: bytes) -> Conversation:
             else None)
         ids[str(row.get("id"))] = message
         _import_images(user, message, row.get("images"), images)
+        _import_documents(user, message, row.get("documents"))
     leaf = ids.get(str(data.get("active_leaf"))) or (list(ids.values())[-1] if ids else None)
     conversation.active_leaf = leaf
     conversation.next_seq = seq + 1
     conversation.save(update_fields=["active_leaf", "next_seq"])
     return conversation
+
+
+def _import_documents(user: Any, message: Message, specs: Any) -> None:
+    """Documents come back as their exported text, checked like an upload (a PDF's pages are
+    not kept: the text is one document)."""
+    if not isinstance(specs, list):
+        return
+    for spec in specs[:20]:
+        text = spec.get("text") if isinstance(spec, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            continue
+        upload = SimpleUploadedFile(_text(spec.get("name"), 160) or "document.txt",
+                                    text.encode("utf-8"))
+        try:
+            document = document_store.document_create(user, upload)
+        except document_store.DocumentRefused as exc:
+            raise ImportRefused(exc.message) from None
+        Document.objects.filter(pk=document.pk).update(message=message,
+                                                       conversation=message.conversation)
 
 
 def _import_images(user: Any, message: Message, specs: Any, images: dict[str, bytes]) -> None:

@@ -33,7 +33,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from conversations import audit
 from conversations.models import TeamSettings
 from conversations.usage.latency import median_ttft_by_provider
-from providers import services
+from providers import breaker, services
 from providers import status as provider_status
 from providers.forms import (
     ALL_CREDENTIAL_NAMES,
@@ -66,6 +66,7 @@ class ProviderRow:
     state: provider_status.ProviderState
     median_ttft_ms: int | None
     models: list[ModelConfig] = field(default_factory=list)
+    circuit: breaker.State | None = None  # skipped by answers with a fallback while open
 
     @property
     def provider(self) -> Provider:
@@ -78,7 +79,8 @@ def providers_page(request: HttpRequest) -> HttpResponse:
     medians = median_ttft_by_provider()
     providers = Provider.objects.order_by("kind").prefetch_related(
         Prefetch("models", queryset=ModelConfig.objects.order_by("sort_order", "display_name")))
-    rows = [ProviderRow(provider_status.state_of(p), medians.get(p.pk), list(p.models.all()))
+    rows = [ProviderRow(provider_status.state_of(p), medians.get(p.pk), list(p.models.all()),
+                        breaker.state(p.kind))
             for p in providers]
     return render(request, "manage/providers.html", {"rows": rows})
 

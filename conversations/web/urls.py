@@ -3,9 +3,11 @@ from __future__ import annotations
 from django.urls import path
 
 from conversations.web import (
+    document_views,
     images,
     invite_views,
     manage_views,
+    preset_views,
     retention_views,
     share_views,
     team_views,
@@ -20,6 +22,12 @@ urlpatterns = [
     path("uploads/", images.upload_image, name="upload_image"),
     path("uploads/<uuid:attachment_id>/discard/", images.upload_discard, name="upload_discard"),
     path("images/<uuid:attachment_id>/", images.image, name="image"),
+    path("documents/", document_views.upload_document, name="upload_document"),
+    path("documents/<uuid:document_id>/discard/", document_views.document_discard,
+         name="document_discard"),
+    path("documents/<uuid:document_id>/status/", document_views.document_status,
+         name="document_status"),
+    path("documents/<uuid:document_id>/", document_views.document_file, name="document_file"),
     path("i/<str:image_id>", images.signed_image, name="signed_image"),
     path("c/<uuid:conversation_id>/", views.conversation_detail, name="conversation"),
     path("c/<uuid:conversation_id>/thread/", views.thread_fragment, name="thread_fragment"),
@@ -100,4 +108,12 @@ urlpatterns += [
 # The retention policy for superusers (web/retention_views.py, conversations/retention/).
 urlpatterns += [
     path("manage/retention/", retention_views.retention_page, name="manage_retention"),
+]
+
+# Presets (personal, team, site-wide): conversations/web/preset_views.py.
+urlpatterns += [
+    path("presets/", preset_views.preset_list, name="presets"),
+    path("presets/new/", preset_views.preset_new, name="preset_new"),
+    path("presets/<slug:slug>/edit/", preset_views.preset_edit, name="preset_edit"),
+    path("presets/<slug:slug>/delete/", preset_views.preset_delete, name="preset_delete"),
 ]

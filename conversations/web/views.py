@@ -23,13 +23,16 @@ from conversations.access import (
     conversation_access,
     get_conversation_for,
     get_message_for,
+    get_preset_for,
     is_oversight,
+    presets_visible_to,
 )
 from conversations.chat import selectors, services
 from conversations.errors import ServiceError
 from conversations.images.attachments import stored_image_in_branch
 from conversations.models import Conversation, Message
 from conversations.sharing import links
+from conversations.web.document_views import document_ids
 from conversations.web.forms import ConversationSettingsForm, NewConversationForm, param_fields
 from providers.models import ModelConfig
 
@@ -102,14 +105,34 @@ EXAMPLE_PROMPTS = {
 }
 
 
+def _preset_context(request: HttpRequest, slug: str | None) -> dict[str, Any]:
+    """The presets the new-chat page offers, and the chosen one (`?preset=` or the posted
+    field): Http404 when it is not the user's to use; `preset_error` when its model is not."""
+    presets = list(presets_visible_to(request.user).order_by("name")[:50])
+    chosen = get_preset_for(request.user, slug) if slug else None
+    error = ""
+    if chosen is not None and not ModelConfig.objects.visible_to(request.user).filter(
+            pk=chosen.model_id).exists():
+        error = _("The model of the preset “%(name)s” is not available to you. Ask its "
+                  "publisher or an administrator, or pick another model.") % {
+                      "name": chosen.name}
+    return {"presets": presets, "preset": chosen, "preset_error": error}
+
+
 @login_required
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
     models = _models_context(request.user)
     default = selectors.default_model_for(request.user, models["model_choices"])
-    form = NewConversationForm(user=request.user,
-                               initial={"model": default.slug if default else None})
-    context = {**_list_context(request), **models, "form": form,
+    presets = _preset_context(request, request.GET.get("preset", "")[:80] or None)
+    initial: dict[str, Any] = {"model": default.slug if default else None}
+    chosen = presets["preset"]
+    if chosen is not None and not presets["preset_error"]:
+        # Starting from a preset copies its model, system prompt and parameters.
+        initial = {"model": chosen.model.slug, "system_prompt": chosen.system_prompt}
+        presets["param_values"] = dict(chosen.params or {})
+    form = NewConversationForm(user=request.user, initial=initial)
+    context = {**_list_context(request), **models, **presets, "form": form,
                "example_prompts": EXAMPLE_PROMPTS}
     return render(request, "conversations/home.html", context)
 
@@ -117,16 +140,18 @@ def home(request: HttpRequest) -> HttpResponse:
 @login_required
 def conversation_new(request: HttpRequest) -> HttpResponse:
     form = NewConversationForm(request.POST or None, user=request.user)
+    presets = _preset_context(request, request.POST.get("preset", "")[:80] or None)
     if request.method == "POST" and form.is_valid():
         try:
             conversation = services.conversation_create(
                 request.user, model=form.cleaned_data["model"],
                 system_prompt=form.cleaned_data["system_prompt"],
-                params=form.cleaned_params())
+                params=form.cleaned_params(), preset=presets["preset"])
             result = services.message_post(request.user, conversation,
                                            text=form.cleaned_data["text"],
                                            client_id=form.cleaned_data["client_id"],
-                                           attachment_ids=_attachment_ids(request))
+                                           attachment_ids=_attachment_ids(request),
+                                           document_ids=document_ids(request))
         except ServiceError as exc:
             form.add_error(None, exc.message)
         else:
@@ -134,8 +159,8 @@ def conversation_new(request: HttpRequest) -> HttpResponse:
             for warning in result.warnings:
                 flash.warning(request, warning)
             return redirect("conversation", conversation_id=conversation.pk)
-    context = {**_list_context(request), **_models_context(request.user), "form": form,
-               "example_prompts": EXAMPLE_PROMPTS}
+    context = {**_list_context(request), **_models_context(request.user), **presets,
+               "form": form, "example_prompts": EXAMPLE_PROMPTS}
     return render(request, "conversations/home.html", context, status=400 if form.errors else 200)
 
 
@@ -213,7 +238,8 @@ def message_post(request: HttpRequest, conversation_id: uuid.UUID) -> HttpRespon
         result = services.message_post(request.user, conversation,
                                        text=request.POST.get("text", ""), client_id=client_id,
                                        edit_of=edit_of,
-                                       attachment_ids=_attachment_ids(request))
+                                       attachment_ids=_attachment_ids(request),
+                                       document_ids=document_ids(request))
     except ServiceError as exc:
         return _error(request, exc, fallback)
     if not _wants_json(request):

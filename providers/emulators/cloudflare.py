@@ -3,6 +3,19 @@
 Wire shapes follow docs/providers.md section 1: the v4 envelope on non-stream replies and on
 errors; bare ``data: {"response": ...}`` events, a final usage event with ``response: ""`` and
 ``data: [DONE]`` on streams; 403/5016 on the vision model until ``{"prompt": "agree"}``.
+
+Tools follow the models' JSON schema (cloudflare-docs `src/content/workers-ai-models/
+llama-3.2-3b-instruct.json` and `llama-3.2-11b-vision-instruct.json`, the same for both): in the
+messages shape, `tools` items are `{name, description, parameters}` or `{type, function: {name,
+description, parameters}}`; `parameters` needs `type` and `properties`, and every property a
+string `type` and a string `description`; a message's `content` is a string. The output schema
+adds `tool_calls: [{"name", "arguments": {...}}]` beside `response`. The "model" calls the first
+tool when the last turn is the user's, filling each parameter from the user's text (an enum's
+first value, 1 for a number, true for a boolean), and answers in words after a `tool` turn
+(echoing the tool's result). In a stream the calls arrive in one event before the usage event
+(`{"response": "", "tool_calls": [...]}`): the documented output only shows the non-stream
+object; Cloudflare's own AI SDK provider reads top-level `tool_calls` in stream events
+(UNCONFIRMED in the vendor's reference).
 """
 
 from __future__ import annotations
@@ -15,7 +28,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from providers.emulators.answer import Answer, build_answer, count_tokens
+from providers.emulators.answer import Answer, build_answer, count_tokens, snippet
 from providers.emulators.common import (
     Handled,
     NotJson,
@@ -161,12 +174,15 @@ class CloudflareHandler:
             if gate is not None:
                 return gate
         max_tokens = body.get("max_tokens") if is_int(body.get("max_tokens")) else None
-        answer = build_answer(last_user_text(body), plan, max_tokens)
+        calls = tool_calls_for(body)
+        answer = build_answer(answer_source(body), plan, max_tokens)
+        if calls:
+            answer = Answer((), False)
         prompt_tokens = count_tokens(all_text(body)) + IMAGE_TOKENS * len(images)
         if body.get("stream") is True:
-            frames = _frames(answer, plan, prompt_tokens, self.options.timestamps, model)
+            frames = _frames(answer, plan, prompt_tokens, self.options.timestamps, model, calls)
             return StreamReply(200, [("Content-Type", "text/event-stream"), *headers], frames)
-        return self._full(answer, plan, prompt_tokens, headers)
+        return self._full(answer, plan, prompt_tokens, headers, calls)
 
     def _refusal(
         self, req: HttpRequest, plan: Plan, account: str, headers: list[tuple[str, str]]
@@ -203,7 +219,8 @@ class CloudflareHandler:
         return None
 
     def _full(
-        self, answer: Answer, plan: Plan, prompt_tokens: int, headers: list[tuple[str, str]]
+        self, answer: Answer, plan: Plan, prompt_tokens: int, headers: list[tuple[str, str]],
+        calls: list[dict[str, Any]],
     ) -> FullReply:
         delay = plan.generation_delay(len(answer.tokens))
         if plan.after is not None:
@@ -212,6 +229,9 @@ class CloudflareHandler:
             reply.delay = delay
             return reply
         result: dict[str, Any] = {"response": answer.text, "usage": _usage(prompt_tokens, answer)}
+        if calls:
+            result["tool_calls"] = calls
+            result["usage"] = _usage(prompt_tokens, answer, _call_tokens(calls))
         if plan.unknown_fields:
             result["emu_unknown"] = {"nested": [1, "x"]}
         return json_reply(200, _success(result), headers, delay=delay, answer=True)
@@ -243,8 +263,13 @@ def _error_frame(lead: bytes, fault: Fault, default_code: int) -> Frame:
     )
 
 
+def _call_tokens(calls: list[dict[str, Any]]) -> int:
+    return count_tokens(dumps(calls).decode())
+
+
 def _frames(
-    answer: Answer, plan: Plan, prompt_tokens: int, stamp: bool, model: str
+    answer: Answer, plan: Plan, prompt_tokens: int, stamp: bool, model: str,
+    calls: list[dict[str, Any]] | None = None,
 ) -> Iterator[Frame]:
     lead = plan.data_prefix
     after = plan.after
@@ -265,9 +290,13 @@ def _frames(
     if after is not None:
         yield _error_frame(lead, after, after_code)
         return
+    if calls:
+        yield Frame(lead + dumps({"response": "", "tool_calls": calls, "p": _padding(1)})
+                    + b"\n\n", paced=True)
     if plan.no_terminator:
         return
-    usage: dict[str, Any] = _usage(prompt_tokens, answer)
+    usage: dict[str, Any] = _usage(prompt_tokens, answer,
+                                   _call_tokens(calls) if calls else None)
     if plan.unknown_fields:
         usage |= {"neurons": 1.25, "prompt_tokens_details": {"cached_tokens": 0}}
     yield Frame(lead + dumps({"response": "", "usage": usage}) + b"\n\n")
@@ -300,6 +329,56 @@ def last_user_text(body: Any) -> str:
     return ""
 
 
+def _last_turn(body: Any) -> dict[str, Any] | None:
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list):
+        return None
+    turns = [m for m in messages if isinstance(m, dict) and m.get("role") != "system"]
+    return turns[-1] if turns else None
+
+
+def answer_source(body: Any) -> str:
+    """What the answer echoes: the tool's result after a `tool` turn, else the user's text."""
+    last = _last_turn(body)
+    if last is not None and last.get("role") == "tool":
+        return "Tool said: " + _content_text(last.get("content"))
+    return last_user_text(body)
+
+
+def _tool_function(tool: dict[str, Any]) -> dict[str, Any]:
+    function = tool.get("function")
+    return function if isinstance(function, dict) else tool
+
+
+def _argument(spec: dict[str, Any], user_text: str) -> Any:
+    enum = spec.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[0]
+    kind = spec.get("type")
+    if kind in ("number", "integer"):
+        return 1
+    if kind == "boolean":
+        return True
+    if kind == "array":
+        return [snippet(user_text)]
+    if kind == "object":
+        return {}
+    return snippet(user_text)
+
+
+def tool_calls_for(body: Any) -> list[dict[str, Any]]:
+    """The calls the "model" makes: the first tool, when the last turn is the user's."""
+    tools = body.get("tools") if isinstance(body, dict) and "messages" in body else None
+    last = _last_turn(body)
+    if not tools or last is None or last.get("role") != "user":
+        return []
+    function = _tool_function(tools[0])
+    user_text = last_user_text(body)
+    properties = function["parameters"]["properties"]
+    arguments = {name: _argument(spec, user_text) for name, spec in properties.items()}
+    return [{"name": function["name"], "arguments": arguments}]
+
+
 def all_text(body: dict[str, Any]) -> str:
     if isinstance(body.get("prompt"), str):
         return str(body["prompt"])
@@ -328,6 +407,8 @@ def validate(body: Any, model: str) -> tuple[str | None, list[int] | None]:
     images: list[int] = []
     if has_messages:
         problem = _check_messages(body["messages"], model == VISION_MODEL, images)
+    if has_messages and "tools" in body:
+        problem = problem or _check_tools(body["tools"])
     problem = problem or _check_sampling(body)
     if problem:
         return problem, []
@@ -370,6 +451,52 @@ def _check_messages(messages: Any, vision: bool, images: list[int]) -> str | Non
         problem = _check_parts(content, where, images)
         if problem:
             return problem
+    return None
+
+
+def _check_tools(tools: Any) -> str | None:
+    if not isinstance(tools, list):
+        return "Type mismatch of '/tools', expected 'array'"
+    for index, tool in enumerate(tools):
+        where = f"/tools/{index}"
+        if not isinstance(tool, dict):
+            return f"Type mismatch of '{where}', expected 'object'"
+        nested = "function" in tool or "type" in tool
+        function: Any = tool.get("function") if nested else tool
+        if nested:
+            if not isinstance(tool.get("type"), str):
+                return f"oneOf at '{where}' not met, 0 matches: 'type' is required"
+            if not isinstance(function, dict):
+                return f"oneOf at '{where}' not met, 0 matches: 'function' is required"
+            where += "/function"
+        problem = _check_function(function, where)
+        if problem:
+            return f"oneOf at '/tools/{index}' not met, 0 matches: {problem}"
+    return None
+
+
+def _check_function(function: dict[str, Any], where: str) -> str | None:
+    for name in ("name", "description"):
+        if not isinstance(function.get(name), str):
+            return f"'{where}/{name}' is required and must be a 'string'"
+    parameters = function.get("parameters")
+    if not isinstance(parameters, dict):
+        return f"'{where}/parameters' is required and must be an 'object'"
+    if not isinstance(parameters.get("type"), str):
+        return f"'{where}/parameters/type' is required and must be a 'string'"
+    properties = parameters.get("properties")
+    if not isinstance(properties, dict):
+        return f"'{where}/parameters/properties' is required and must be an 'object'"
+    required = parameters.get("required", [])
+    if not (isinstance(required, list) and all(isinstance(r, str) for r in required)):
+        return f"Type mismatch of '{where}/parameters/required', expected 'array' of 'string'"
+    for name, spec in properties.items():
+        here = f"{where}/parameters/properties/{name}"
+        if not isinstance(spec, dict):
+            return f"Type mismatch of '{here}', expected 'object'"
+        for key in ("type", "description"):
+            if not isinstance(spec.get(key), str):
+                return f"'{here}/{key}' is required and must be a 'string'"
     return None
 
 

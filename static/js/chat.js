@@ -412,7 +412,8 @@ function Conversation(root) {
         if (["complete", "stopped", "failed", "interrupted"].includes(frame.status)) finish(frame);
         else if (frame.status === "streaming") {
           const el = document.getElementById(`m-${frame.seq}`);
-          if (el && !streams.has(frame.seq)) track(el);
+          if (el && frame.fallback) refreshMessage(el); // another model took over: its name and notice
+          else if (el && !streams.has(frame.seq)) track(el);
         }
         break;
       case "new":

@@ -117,7 +117,11 @@ function setUp(row) {
     dropZone.classList.remove("dragging");
     if (!event.dataTransfer?.files.length) return;
     event.preventDefault();
-    for (const file of event.dataTransfer.files) upload(file);
+    for (const file of event.dataTransfer.files) {
+      // Not an image: a document (static/js/documents.js takes it).
+      if (file.type.startsWith("image/")) upload(file);
+      else row.dispatchEvent(new CustomEvent("attach:document", { detail: file }));
+    }
   });
   textarea?.addEventListener("paste", (event) => {
     const files = [...(event.clipboardData?.files || [])].filter((f) => f.type.startsWith("image/"));

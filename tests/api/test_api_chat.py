@@ -320,7 +320,7 @@ MALFORMED = [
     ({"model": "llama-3.2-3b"}, "messages"),
     ({"model": "llama-3.2-3b", "messages": []}, "messages"),
     ({"model": "llama-3.2-3b", "messages": [{"role": "tool", "content": "x"}]},
-     "messages[0].role"),
+     "messages[0].tool_call_id"),  # a tool result must answer a call (api/tools.py)
     ({"model": "llama-3.2-3b", "messages": [{"role": "assistant", "content": "x"}]},
      "messages"),
     ({"model": "llama-3.2-3b", "messages": [{"role": "user", "content": 5}]},

@@ -15,9 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 LEVELS: list[set[str]] = [
     {"models", "errors", "events", "runtime", "rendering", "bounded_json"},
     {"tree", "access", "audit"},
-    {"images", "usage", "sharing"},
+    {"images", "usage", "sharing", "documents"},
     {"answers"},
-    {"retention"},
+    {"retention", "presets"},
     {"chat", "teams"},
     {"api"},
     {"web", "admin"},

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Q, QuerySet
@@ -23,6 +23,9 @@ from conversations.models import (
     TeamSettings,
 )
 from conversations.runtime import off_loop
+
+# An uploaded file that follows its conversation's access: an image or a document.
+Upload = TypeVar("Upload", Attachment, Document)
 
 # Who asks: a signed-in user (Django's own user model) or an anonymous visitor.
 Viewer = User | AnonymousUser
@@ -136,31 +139,27 @@ def aconversation_access(user: Viewer, conversation_id: Any) -> Access:
 def get_attachment_for(user: Viewer, attachment_id: Any) -> Attachment:
     """An image for whoever can read the conversation it belongs to, or, before it is sent,
     for its uploader only; Http404 otherwise."""
-    attachment = (Attachment.objects.select_related("conversation")
-                  .filter(pk=_parse_uuid(attachment_id)).first())
-    if attachment is None:
-        raise Http404
-    if attachment.conversation is None:
-        if attachment.owner_id != getattr(user, "pk", None):
-            raise Http404
-    elif conversation_access(user, attachment.conversation) < Access.READ:
-        raise Http404
-    return attachment
+    return _upload_for(Attachment.objects.all(), user, attachment_id)
 
 
 def get_document_for(user: Viewer, document_id: Any) -> Document:
     """A document for whoever can read the conversation it belongs to, or, before it is sent,
     for its uploader only; Http404 otherwise (the same rule as get_attachment_for)."""
-    document = (Document.objects.select_related("conversation")
-                .filter(pk=_parse_uuid(document_id)).first())
-    if document is None:
+    return _upload_for(Document.objects.all(), user, document_id)
+
+
+def _upload_for(uploads: QuerySet[Upload], user: Viewer, upload_id: Any) -> Upload:
+    """The one rule for uploads (images and documents): readers of the conversation it was
+    sent in, or, before it is sent, its uploader alone; Http404 otherwise."""
+    upload = uploads.select_related("conversation").filter(pk=_parse_uuid(upload_id)).first()
+    if upload is None:
         raise Http404
-    if document.conversation is None:
-        if document.owner_id != getattr(user, "pk", None):
+    if upload.conversation is None:
+        if upload.owner_id != getattr(user, "pk", None):
             raise Http404
-    elif conversation_access(user, document.conversation) < Access.READ:
+    elif conversation_access(user, upload.conversation) < Access.READ:
         raise Http404
-    return document
+    return upload
 
 
 def unsent_uploads_of(user: Viewer) -> QuerySet[Attachment]:

@@ -71,6 +71,17 @@ def _parse_params(data: Any, model: ModelConfig) -> dict[str, Any]:
     return params
 
 
+def with_model_params(form: forms.Form, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with the chosen model's parameters parsed from the form (errors on the form)."""
+    model = data.get("model")
+    if model is not None:
+        try:
+            data["params"] = _parse_params(form.data, model)
+        except forms.ValidationError as exc:
+            form.add_error(None, exc)
+    return data
+
+
 class _ModelMixin:
     data: Any
     cleaned_data: dict[str, Any]
@@ -101,14 +112,7 @@ class NewConversationForm(_ModelMixin, forms.Form):
         return self.cleaned_data.get("client_id") or uuid.uuid4()
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean() or {}
-        model = data.get("model")
-        if model is not None:
-            try:
-                data["params"] = _parse_params(self.data, model)
-            except forms.ValidationError as exc:
-                self.add_error(None, exc)
-        return data
+        return with_model_params(self, super().clean() or {})
 
 
 class ConversationSettingsForm(_ModelMixin, forms.Form):
@@ -131,11 +135,4 @@ class ConversationSettingsForm(_ModelMixin, forms.Form):
         self.order_fields(["model", "system_prompt", "team"])
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean() or {}
-        model = data.get("model")
-        if model is not None:
-            try:
-                data["params"] = _parse_params(self.data, model)
-            except forms.ValidationError as exc:
-                self.add_error(None, exc)
-        return data
+        return with_model_params(self, super().clean() or {})

@@ -26,7 +26,7 @@ from conversations.access import (
 from conversations.errors import ServiceError
 from conversations.models import Preset
 from conversations.presets import services
-from conversations.web.forms import _parse_params, param_fields
+from conversations.web.forms import param_fields, with_model_params
 from conversations.web.views import _list_context
 from providers.models import ModelConfig
 
@@ -79,14 +79,7 @@ class PresetForm(forms.Form):
         self.order_fields(["name", "icon", "scope", "model", "system_prompt", "starters"])
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean() or {}
-        model = data.get("model")
-        if model is not None:
-            try:
-                data["params"] = _parse_params(self.data, model)
-            except forms.ValidationError as exc:
-                self.add_error(None, exc)
-        return data
+        return with_model_params(self, super().clean() or {})
 
     def preset_data(self) -> services.PresetData:
         data = self.cleaned_data

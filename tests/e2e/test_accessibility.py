@@ -167,6 +167,8 @@ def test_no_serious_or_critical_violation_on_any_page(
         "streaming": f"/c/{streaming.pk}/",
         "settings": f"/c/{finished.pk}/settings/",
         "API tokens": "/account/tokens/",
+        "presets": "/presets/",
+        "preset form": "/presets/new/",
         "share page": f"/s/{share.token}/",
         "not found": f"/c/{uuid.uuid4()}/",
         "admin index": "/admin/",

@@ -26,6 +26,13 @@ from tests.support import model, post_message, signed_in
 PROMPT = "Tell me about llamas"
 
 
+@pytest.fixture(autouse=True)
+def answers_in_process(settings: Any) -> None:
+    """Vision answers run in this process (the embedded configuration) whatever REDIS_URL
+    says: with Redis they would wait for a Celery worker these tests do not start."""
+    settings.REDIS_URL = ""
+
+
 def _falls_back(slug: str, *to: str) -> ModelConfig:
     first = model(slug)
     for position, other in enumerate(to):

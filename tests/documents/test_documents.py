@@ -32,6 +32,14 @@ def fast_passwords(settings: Any) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def extraction_in_process(settings: Any) -> None:
+    """Extraction in this process (the embedded configuration) whatever REDIS_URL says: these
+    tests read the documents this test's MEDIA_ROOT holds, which a shared worker cannot see.
+    The Celery task itself is tested below by calling it."""
+    settings.REDIS_URL = ""
+
+
 @pytest.fixture
 def media(settings: Any, tmp_path: Path) -> Path:
     root = tmp_path / "media"

@@ -109,8 +109,9 @@ def _start_a_long_answer(browser: Any, base: str, cookies: list[dict[str, Any]],
     context.add_cookies(cookies)
     page = context.new_page()
     page.goto(f"{base}/c/{conversation.pk}/")
-    # 1024 tokens (the default output cap) at 10 a second outlast the test; it stops them.
-    page.fill("#composer-text", "A very long story [[emu:tokens n=1024 rate=10]]")
+    # 1024 tokens (the default output cap) at 4 a second outlast the test (over 4 minutes, also
+    # on a loaded machine); it stops them.
+    page.fill("#composer-text", "A very long story [[emu:tokens n=1024 rate=4]]")
     page.keyboard.press("Enter")
     deadline = time.monotonic() + 20
     answer = None

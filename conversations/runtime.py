@@ -17,6 +17,8 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from channels.db import DatabaseSyncToAsync
 
+from providers import pool
+
 log = logging.getLogger(__name__)
 
 _loop: asyncio.AbstractEventLoop | None = None
@@ -29,6 +31,7 @@ def capture(loop: asyncio.AbstractEventLoop) -> bool:
     if _loop is not None:
         return False
     _loop = loop
+    pool.keep_warm(loop)  # this loop lives as long as the process: vendor connections stay warm
     return True
 
 

@@ -23,8 +23,9 @@ from providers.base import (
 )
 from providers.catalogue import MODEL_PROVIDER
 from providers.params import validate_params
+from providers.pool import http_client
 from providers.redact import install_log_redaction, register_secret
-from providers.retry import RetryPolicy, make_http_client, stream_with_retries
+from providers.retry import RetryPolicy, stream_with_retries
 from providers.sse import DEFAULT_MAX_EVENT_BYTES
 
 
@@ -57,7 +58,8 @@ class StreamingClient(abc.ABC):
         self._policy = retry_policy or RetryPolicy.from_options(config.options)
         self._max_event_bytes = int(config.options.get("max_event_bytes", DEFAULT_MAX_EVENT_BYTES))
         self._max_answer_chars = int(config.options.get("max_answer_chars", 400_000))
-        self._http = make_http_client(config)
+        # Shared and kept warm in the server's loop (providers/pool.py); private elsewhere.
+        self._http, self._shared_http = http_client(config)
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
         """Deltas then exactly one Finish; ProviderError on failure (before any network call
@@ -78,7 +80,9 @@ class StreamingClient(abc.ABC):
             return await collect(items)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        """Release the client: a private HTTP client is closed, a shared one stays warm."""
+        if not self._shared_http:
+            await self._http.aclose()
 
     def _validated_params(self, request: ChatRequest) -> dict[str, Any]:
         """The request's parameters, checked against its model, which must be ours."""

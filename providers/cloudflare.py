@@ -208,10 +208,12 @@ class CloudflareClient(StreamingClient):
         usage: Usage | None = None
         done = False
         calls = _Calls()
-        async for event in aiter_events(response, decoder):
+        events = aiter_events(response, decoder)
+        async for event in events:
             data = event.data.strip()
             if data == "[DONE]":
                 done = True
+                await events.finish()  # the connection goes back to the pool
                 break
             payload = json_object(data)
             if payload is None:

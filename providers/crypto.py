@@ -32,17 +32,25 @@ def encrypt_json(values: dict[str, str]) -> str:
     return fernet().encrypt(json.dumps(values, sort_keys=True).encode()).decode()
 
 
-@sensitive_variables("data")
 def decrypt_json(token: str) -> dict[str, str]:
     if not token:
         return {}
+    return dict(_decrypted(token, tuple(settings.FIELD_ENCRYPTION_KEYS)))
+
+
+@lru_cache(maxsize=64)
+@sensitive_variables("data")
+def _decrypted(token: str, keys: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    # Every answer reads its provider's keys: decrypted once per ciphertext and key set and
+    # kept in this process's memory (where the clients hold them anyway). A new key or a
+    # rotated key list is a new cache entry; a failure is not cached (lru_cache skips raises).
     try:
-        data = json.loads(fernet().decrypt(token.encode()))
+        data = json.loads(_fernet(keys).decrypt(token.encode()))
     except (InvalidToken, ValueError):  # wrong key, tampered or truncated token, not JSON
         raise CredentialsUnreadable from None
     if not isinstance(data, dict):
         raise CredentialsUnreadable
-    return {str(k): str(v) for k, v in data.items()}
+    return tuple((str(k), str(v)) for k, v in data.items())
 
 
 def rotate(token: str) -> str:

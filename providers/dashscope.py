@@ -166,7 +166,8 @@ class DashScopeClient(StreamingClient):
         )
         text_so_far = CumulativeText()
         request_id = response.headers.get("x-request-id")
-        async for event in aiter_events(response, decoder):
+        events = aiter_events(response, decoder)
+        async for event in events:
             payload = json_object(event.data)
             if _is_error_event(event, payload):
                 raise self._error(_event_status(event) or 200, payload, response.headers)
@@ -185,6 +186,7 @@ class DashScopeClient(StreamingClient):
                     yield Delta(delta, rewind=rewind)
             reason = _finish_reason(choice)
             if reason is not None:
+                await events.finish()  # the connection goes back to the pool
                 yield Finish(reason=reason, usage=_usage(payload), request_id=request_id)
                 return
         raise ProviderError(

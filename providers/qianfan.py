@@ -306,7 +306,8 @@ class QianfanClient(StreamingClient):
         written = TokenCount()  # for the local output cap
         usage: Usage | None = None
         request_id: str | None = None
-        async for event in aiter_events(response, decoder):
+        events = aiter_events(response, decoder)
+        async for event in events:
             # A bare JSON line inside the stream is an error object (the SDK reads it so too).
             for line in event.other_lines:
                 stray = json_object(line)
@@ -316,6 +317,7 @@ class QianfanClient(StreamingClient):
             if not data:
                 continue
             if data == "[DONE]":  # not sent by v1; accepted as a clean end if it ever is
+                await events.finish()  # the connection goes back to the pool
                 yield Finish(reason="stop", usage=usage, request_id=request_id)
                 return
             payload = json_object(data)
@@ -346,6 +348,7 @@ class QianfanClient(StreamingClient):
                 yield Delta(text)
             if payload.get("is_end") is True:
                 reason = "length" if payload.get("is_truncated") else "stop"
+                await events.finish()  # the connection goes back to the pool
                 yield Finish(reason=reason, usage=usage, request_id=request_id)
                 return
         raise ProviderError(

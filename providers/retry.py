@@ -147,10 +147,13 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-def make_http_client(config: ProviderConfig) -> httpx.AsyncClient:
+def make_http_client(config: ProviderConfig, *,
+                     limits: httpx.Limits | None = None) -> httpx.AsyncClient:
     # trust_env=False: a proxy or netrc from the environment must not receive provider keys.
+    if limits is None:  # httpx's own default: 100 connections, 20 kept alive for 5 s
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
     return httpx.AsyncClient(timeout=make_timeout(config), trust_env=False, follow_redirects=False,
-                             verify=_tls_context())
+                             verify=_tls_context(), limits=limits)
 
 
 class TransportErrors:

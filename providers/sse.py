@@ -26,8 +26,9 @@ so the error is deliberately not retryable.
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections import deque
 from dataclasses import dataclass
 
 import httpx
@@ -196,10 +197,52 @@ def decode_all(
     return [*decoder.feed(body), *decoder.close()]
 
 
-async def aiter_events(response: httpx.Response, decoder: SSEDecoder) -> AsyncIterator[SSEEvent]:
-    """Events of a streamed httpx response, including a partial trailing one at EOF."""
-    async for chunk in response.aiter_bytes():
-        for event in decoder.feed(chunk):
-            yield event
-    for event in decoder.close():
-        yield event
+class EventStream:
+    """Events of a streamed httpx response, including a partial trailing one at EOF.
+
+    `finish()` after the last event reads what is left of the body (normally only the
+    terminating chunk): a response read to its end hands its connection back to the pool for
+    the next answer (providers/pool.py); one closed early costs a new connection.
+    """
+
+    def __init__(self, response: httpx.Response, decoder: SSEDecoder) -> None:
+        self._chunks = response.aiter_bytes()
+        self._decoder = decoder
+        self._pending: deque[SSEEvent] = deque()
+        self._ended = False
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> SSEEvent:
+        while not self._pending:
+            if self._ended:
+                raise StopAsyncIteration
+            try:
+                chunk = await anext(self._chunks)
+            except StopAsyncIteration:
+                self._ended = True
+                self._pending.extend(self._decoder.close())
+                continue
+            self._pending.extend(self._decoder.feed(chunk))
+        return self._pending.popleft()
+
+    async def finish(self, limit: int = 64 * 1024, wait: float = 0.5) -> None:
+        """Read the rest of the body (at most `limit` bytes, `wait` seconds), ignoring it; a
+        vendor that keeps writing or holds the stream open just gets its connection closed."""
+        if self._ended:
+            return
+        read = 0
+        try:
+            async with asyncio.timeout(wait):
+                async for chunk in self._chunks:
+                    read += len(chunk)
+                    if read > limit:
+                        return
+        except (TimeoutError, httpx.HTTPError):
+            return
+        self._ended = True
+
+
+def aiter_events(response: httpx.Response, decoder: SSEDecoder) -> EventStream:
+    return EventStream(response, decoder)

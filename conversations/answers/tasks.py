@@ -4,14 +4,52 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+import contextvars
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from celery import shared_task
-from celery.signals import worker_shutting_down
+from celery.signals import worker_process_init, worker_process_shutdown, worker_shutting_down
 
 from conversations.answers import drain, titles
 from conversations.answers.reaper import reap_and_announce
 from conversations.answers.runner import run_generation
+from providers import pool
+
+T = TypeVar("T")
+_runner: asyncio.Runner | None = None
+_in_worker_process = False
+
+
+@worker_process_init.connect
+def _use_one_loop(**kwargs: Any) -> None:
+    """A worker's child process runs every task on one event loop that lives as long as the
+    process, so its vendor connections stay warm between answers (providers/pool.py)."""
+    global _in_worker_process
+    _in_worker_process = True
+
+
+@worker_process_shutdown.connect
+def _close_loop(**kwargs: Any) -> None:
+    global _runner
+    if _runner is not None:
+        with contextlib.suppress(Exception):
+            _runner.run(pool.aclose_all())
+        _runner.close()
+        _runner = None
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(coro)`, on the process's persistent loop inside a worker process."""
+    global _runner
+    if not _in_worker_process:
+        return asyncio.run(coro)
+    if _runner is None:
+        _runner = asyncio.Runner()
+        pool.keep_warm(_runner.get_loop())
+    # A fresh copy of the context per task, as asyncio.run gives: nothing set by one task
+    # (asgiref's locals, for one) leaks into the next.
+    return _runner.run(coro, context=contextvars.copy_context())
 
 
 @shared_task(name="conversations.generate_answer", acks_late=True,
@@ -26,7 +64,7 @@ def generate_answer(message_id: str, language: str = "") -> None:
     On a warm shutdown the answer may finish for DRAIN_SECONDS; then it is saved as
     interrupted, with its text, and the task ends (drain.py).
     """
-    asyncio.run(_generate_until_drained(message_id, language))
+    _run(_generate_until_drained(message_id, language))
 
 
 async def _generate_until_drained(message_id: str, language: str = "") -> None:
@@ -43,7 +81,7 @@ async def _generate_until_drained(message_id: str, language: str = "") -> None:
 def generate_title(message_id: str, language: str = "") -> None:
     """The title of a conversation after its first answer (answers/titles.py). Idempotent:
     a second delivery finds the title's ledger row and does nothing."""
-    asyncio.run(titles.write_title(message_id, language))
+    _run(titles.write_title(message_id, language))
 
 
 @worker_shutting_down.connect
@@ -53,4 +91,4 @@ def _drain_on_warm_shutdown(**kwargs: Any) -> None:
 
 @shared_task(name="conversations.reap_stale_generations", ignore_result=True)
 def reap_stale_generations() -> int:
-    return asyncio.run(reap_and_announce())
+    return _run(reap_and_announce())

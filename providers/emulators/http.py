@@ -6,7 +6,10 @@ on TCP sockets) and, with chunked framing, exactly one HTTP chunk. Clients built
 hand each chunk to the caller separately, so a split in the middle of a UTF-8 sequence or
 between CR and LF reaches the client's decoder as two pieces.
 
-One request per connection: every response says ``Connection: close``.
+Connections are persistent (HTTP/1.1 keep-alive) when the server allows it and the request
+does not say ``Connection: close``: a response that ends cleanly leaves the connection open
+for the next request. Faults that cut a response short, close-delimited bodies and refused
+requests close it, as a real server would.
 """
 
 from __future__ import annotations
@@ -42,6 +45,15 @@ class HttpRequest:
     query: dict[str, str]  # first value of each parameter
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
     body: bytes
+    version: str = "HTTP/1.1"
+
+    @property
+    def wants_keep_alive(self) -> bool:
+        """HTTP/1.1 persists unless told to close; HTTP/1.0 only when asked to keep alive."""
+        tokens = {t.strip().lower() for t in self.headers.get("connection", "").split(",")}
+        if self.version == "HTTP/1.0":
+            return "keep-alive" in tokens
+        return "close" not in tokens
 
 
 async def read_request(
@@ -58,7 +70,7 @@ async def read_request(
         raise HttpError(431, "request head too large") from None
     if len(head) > MAX_HEADER_BYTES:
         raise HttpError(431, "request head too large")
-    method, target, headers = _parse_head(head)
+    method, target, version, headers = _parse_head(head)
     if headers.get("expect", "").lower() == "100-continue":
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     body = await _read_body(reader, headers, max_body)
@@ -71,10 +83,11 @@ async def read_request(
         query=dict(reversed(parse_qsl(split.query, keep_blank_values=True))),
         headers=headers,
         body=body,
+        version=version,
     )
 
 
-def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
+def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
     try:
         lines = head.decode("latin-1").split("\r\n")
         method, target, version = lines[0].split(" ", 2)
@@ -92,7 +105,7 @@ def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
         key = name.strip().lower()
         value = value.strip()
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    return method.upper(), target, headers
+    return method.upper(), target, version, headers
 
 
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str], max_body: int) -> bytes:
@@ -136,10 +149,16 @@ async def _read_chunked(reader: asyncio.StreamReader, max_body: int) -> bytes:
 
 
 class Connection:
-    """Writes one response. Every `write` call is one write boundary on the wire."""
+    """Writes one response. Every `write` call is one write boundary on the wire.
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    `keep_alive` (set before `start`) lets a cleanly finished response leave the socket open;
+    `reusable` tells the server afterwards whether it may read the next request from it.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter, *, keep_alive: bool = False) -> None:
         self.writer = writer
+        self.keep_alive = keep_alive
+        self.reusable = False
         self.framing: Framing = "length"
         self.started = False
         self.status = 0
@@ -165,7 +184,10 @@ class Connection:
             lines.append("Transfer-Encoding: chunked")
         elif framing == "length":
             lines.append(f"Content-Length: {content_length or 0}")
-        lines.append("Connection: close")
+        if framing == "close":
+            self.keep_alive = False  # the body ends where the connection does
+        if not self.keep_alive:
+            lines.append("Connection: close")
         self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         await self.writer.drain()
 
@@ -179,14 +201,22 @@ class Connection:
         await self.writer.drain()
 
     async def finish(self) -> None:
-        """End the body properly (terminating chunk) and close."""
+        """End the body properly (terminating chunk); close unless the connection persists."""
         if self.framing == "chunked":
             self.writer.write(b"0\r\n\r\n")
-        await self.close()
+        if not self.keep_alive:
+            await self.close()
+            return
+        try:
+            await self.writer.drain()
+        except (ConnectionError, OSError):
+            return
+        self.reusable = True
 
     async def close(self) -> None:
         """Close after flushing whatever was written; for chunked framing without the
         terminating chunk, the client sees an incomplete body."""
+        self.keep_alive = self.reusable = False
         try:
             await self.writer.drain()
             self.writer.close()
@@ -196,6 +226,7 @@ class Connection:
 
     async def reset(self) -> None:
         """Flush, then close with an RST (SO_LINGER 0) instead of a FIN."""
+        self.keep_alive = self.reusable = False
         try:
             await self.writer.drain()
             await _wait_flushed(self.writer)

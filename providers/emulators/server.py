@@ -30,6 +30,10 @@ from providers.emulators.stream import (
 
 logger = logging.getLogger(__name__)
 HEAD_TIMEOUT = 30.0
+# How long a kept-alive connection may sit idle before the server closes it. No vendor documents
+# its figure; load balancers in front of them commonly use 15-60 s, and clients must cope with a
+# server closing an idle connection whatever the value.
+KEEP_ALIVE_IDLE = 15.0
 FaultSpec = Fault | str | Sequence[Fault | str]
 CONTROL_PREFIX = "/_emulator/"
 
@@ -51,6 +55,8 @@ class EmulatorServer:
         image_fetch_timeout: float = 5.0,
         max_body_bytes: int = 64 * 1024 * 1024,
         max_recorded: int = 10_000,
+        keep_alive: bool = True,
+        keep_alive_idle: float = KEEP_ALIVE_IDLE,
     ) -> None:
         self.host = host
         self.port = port
@@ -64,6 +70,10 @@ class EmulatorServer:
             image_fetch_timeout=image_fetch_timeout,
         )
         self.max_body_bytes = max_body_bytes
+        # Named switch: True serves many requests per connection (HTTP/1.1 as the vendors'
+        # servers do); False closes after every response (the emulator's earlier behaviour).
+        self.keep_alive = keep_alive
+        self.keep_alive_idle = keep_alive_idle
         self.state = EmulatorState(
             self.credentials, cloudflare_agreed=cloudflare_licence_agreed, max_recorded=max_recorded
         )
@@ -106,6 +116,11 @@ class EmulatorServer:
     def calls(self, vendor: str) -> int:
         """Model calls (not token calls) received for `vendor`."""
         return self.state.calls(vendor)
+
+    def connections(self, vendor: str | None = None) -> int:
+        """TCP connections accepted since the last reset that carried a request for `vendor`
+        (all connections when None): what a test asserts to prove keep-alive reuse."""
+        return self.state.connections(vendor)
 
     def reset(self) -> None:
         self.state.reset()
@@ -193,9 +208,12 @@ class EmulatorServer:
 
     # --- lifecycle -------------------------------------------------------------------------
     async def _open(self) -> None:
-        self._server = await asyncio.start_server(
-            self._on_connection, self.host, self.port, backlog=2048
-        )
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> _WatchedProtocol:
+            return _WatchedProtocol(asyncio.StreamReader(loop=loop), self._on_connection, loop)
+
+        self._server = await loop.create_server(protocol, self.host, self.port, backlog=2048)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _close(self) -> None:
@@ -211,16 +229,24 @@ class EmulatorServer:
             self._server = None
         await self._dashscope.aclose()
 
-    # --- one connection, one request -------------------------------------------------------
+    # --- one connection, one or more requests ----------------------------------------------
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
+        self.state.count_connection(None)
+        vendors: set[str] = set()  # counted once per connection
         conn = Connection(writer)
         try:
-            await self._serve_one(reader, writer, conn)
+            timeout = HEAD_TIMEOUT
+            while True:
+                conn = Connection(writer)
+                await self._serve_one(reader, writer, conn, timeout, vendors)
+                if not conn.reusable:
+                    break
+                timeout = self.keep_alive_idle
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
         except Exception:
@@ -237,11 +263,16 @@ class EmulatorServer:
                 writer.close()
 
     async def _serve_one(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        conn: Connection,
+        timeout: float,
+        vendors: set[str],
     ) -> None:
         try:
             req = await asyncio.wait_for(
-                read_request(reader, writer, self.max_body_bytes), HEAD_TIMEOUT
+                read_request(reader, writer, self.max_body_bytes), timeout
             )
         except HttpError as exc:
             await conn.send(exc.status, [("Content-Type", "text/plain")], exc.message.encode())
@@ -250,12 +281,16 @@ class EmulatorServer:
             return
         if req is None:
             return
+        conn.keep_alive = self.keep_alive and req.wants_keep_alive
         arrived = time.monotonic()
         if req.path.startswith(CONTROL_PREFIX):
             await deliver_full(conn, self._control(req), Plan())
             return
         rec, handled = await self._route(req, arrived)
-        await self._deliver(reader, conn, rec, handled, arrived)
+        if rec.vendor not in vendors:  # counted before the reply, so a client sees it at once
+            vendors.add(rec.vendor)
+            self.state.count_connection(rec.vendor)
+        await self._deliver(writer, conn, rec, handled, arrived)
 
     async def _route(self, req: HttpRequest, arrived: float) -> tuple[RecordedRequest, Handled]:
         path = req.path
@@ -319,7 +354,7 @@ class EmulatorServer:
 
     async def _deliver(
         self,
-        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
         conn: Connection,
         rec: RecordedRequest,
         handled: Handled,
@@ -333,7 +368,7 @@ class EmulatorServer:
         else:
             work = deliver_full(conn, reply, plan)
         try:
-            outcome = await _unless_client_leaves(reader, work)
+            outcome = await _unless_client_leaves(writer, work)
         finally:
             self.state.update(rec, sent_text="".join(sent))
         self.state.update(rec, outcome=outcome)
@@ -353,7 +388,8 @@ class EmulatorServer:
         if name == "requests" and req.method == "GET":
             vendor = req.query.get("vendor")
             items = [r.public() for r in self.state.requests() if vendor in (None, r.vendor)]
-            return json_reply(200, {"calls": self.state.all_calls(), "requests": items})
+            return json_reply(200, {"calls": self.state.all_calls(), "requests": items,
+                                    "connections": self.state.all_connections()})
         if req.method != "POST":
             return json_reply(405, {"error": "use POST"})
         if not isinstance(body, dict):
@@ -382,10 +418,12 @@ class EmulatorServer:
         return json_reply(404, {"error": f"no control action {name!r}"})
 
 
-async def _unless_client_leaves(reader: asyncio.StreamReader, work: Any) -> str:
+async def _unless_client_leaves(writer: asyncio.StreamWriter, work: Any) -> str:
     """Run the delivery; cancel it if the client closes its side first."""
     delivery = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_eof(reader))
+    protocol = writer.transport.get_protocol()
+    gone = protocol.peer_gone if isinstance(protocol, _WatchedProtocol) else asyncio.Event()
+    watcher = asyncio.ensure_future(gone.wait())
     try:
         done, _ = await asyncio.wait({delivery, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if delivery in done:
@@ -402,10 +440,22 @@ async def _unless_client_leaves(reader: asyncio.StreamReader, work: Any) -> str:
         delivery.cancel()
 
 
-async def _wait_for_eof(reader: asyncio.StreamReader) -> None:
-    with contextlib.suppress(ConnectionError, OSError):
-        while await reader.read(65536):
-            pass
+class _WatchedProtocol(asyncio.StreamReaderProtocol):
+    """asyncio's stream protocol, plus an event set when the peer closes or the connection is
+    lost. Watching it, unlike reading, leaves the bytes of a next kept-alive request alone."""
+
+    def __init__(self, reader: asyncio.StreamReader, callback: Any,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(reader, callback, loop=loop)
+        self.peer_gone = asyncio.Event()
+
+    def eof_received(self) -> bool:
+        self.peer_gone.set()
+        return bool(super().eof_received())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.peer_gone.set()
+        super().connection_lost(exc)
 
 
 def _as_faults(fault: FaultSpec) -> list[Fault]:

@@ -135,6 +135,7 @@ class EmulatorState:
         self._scripts: dict[str, deque[_Script]] = {v: deque() for v in VENDORS}
         self._requests: deque[RecordedRequest] = deque(maxlen=max_recorded)
         self._calls: Counter[str] = Counter()
+        self._connections: Counter[str] = Counter()  # "" counts every accepted connection
         self._agreed: set[str] = set()
         self._tokens: dict[str, bool] = {}  # access token -> expired?
         self.reset()
@@ -188,6 +189,19 @@ class EmulatorState:
         with self._lock:
             return {v: self._calls[v] for v in VENDORS}
 
+    # --- TCP connections (keep-alive reuse is asserted on these) -----------------------------
+    def count_connection(self, vendor: str | None) -> None:
+        with self._lock:
+            self._connections[vendor or ""] += 1
+
+    def connections(self, vendor: str | None = None) -> int:
+        with self._lock:
+            return self._connections[vendor or ""]
+
+    def all_connections(self) -> dict[str, int]:
+        with self._lock:
+            return {**{v: self._connections[v] for v in VENDORS}, "total": self._connections[""]}
+
     # --- Cloudflare licence gate -----------------------------------------------------------
     def agreed(self, account: str) -> bool:
         with self._lock:
@@ -229,6 +243,7 @@ class EmulatorState:
                 queue.clear()
             self._requests.clear()
             self._calls.clear()
+            self._connections.clear()
             # Issued access tokens stay valid (a real vendor's do not die when a test resets
             # its scripts): a server process that cached one must not pay a refresh and a
             # second model call in the next test. expire_tokens() is the explicit way.

@@ -174,6 +174,9 @@ async def raw_exchange(
                     break
                 chunks.append(await reader.readexactly(size))
                 await reader.readexactly(2)
+        elif "content-length" in got:  # the connection may stay open: read what was announced
+            chunks.append(await reader.readexactly(int(got["content-length"])))
+            complete = True
         else:
             chunks.append(await reader.read())
             complete = True

@@ -16,6 +16,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
+from whitenoise.middleware import WhiteNoiseMiddleware
 
 from chatsite import bootstrap
 
@@ -138,3 +139,36 @@ class FirstAdminMiddleware(_SyncAndAsync):
         if not request.path.startswith(_EXEMPT_PREFIXES) and bootstrap.needs_first_admin():
             return HttpResponseRedirect(reverse("first_admin"))
         return None
+
+
+class StaticFilesMiddleware(WhiteNoiseMiddleware):
+    """WhiteNoise, async-capable.
+
+    WhiteNoise is sync only, and one sync middleware in an async chain costs every request two
+    thread hops (into a thread for it, back to the loop for the rest of the chain) and puts the
+    view's thread-sensitive work behind an AsyncToSync executor (issue 16: the POST path). The
+    lookup is a dictionary read; only a file actually served goes through a thread.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Any) -> None:
+        super().__init__(get_response)
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self.__acall__(request)
+        return super().__call__(request)
+
+    async def __acall__(self, request: HttpRequest) -> Any:
+        if self.autorefresh:  # development: the file system is searched on every request
+            static_file = await sync_to_async(self.find_file)(request.path_info)
+        else:
+            static_file = self.files.get(request.path_info)
+        if static_file is not None:
+            return await sync_to_async(self.serve)(static_file, request)
+        return await self.get_response(request)

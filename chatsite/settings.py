@@ -114,7 +114,7 @@ MIDDLEWARE = [
     "chatsite.middleware.ClientAddressMiddleware",  # first: the address everything else sees
     "django.middleware.security.SecurityMiddleware",
     "chatsite.middleware.ContentSecurityPolicyMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "chatsite.middleware.StaticFilesMiddleware",  # WhiteNoise, without two thread hops
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",

@@ -249,6 +249,10 @@ class EmulatorServer:
                 timeout = self.keep_alive_idle
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # The server is stopping (a kept-alive connection is usually idle here). Ending the
+            # task normally spares asyncio's stream callback an error log about a cancelled task.
+            pass
         except Exception:
             # An emulator bug: say so loudly, and answer 500 rather than dropping the socket
             # (a drop would look like a deliberate `drop-after` fault to the client under test).

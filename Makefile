@@ -66,6 +66,22 @@ screenshots: install-dev
 bench: install-dev
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+# Our /v1 against Open WebUI on the same stream (bench/peer.py). Optional, never in CI or
+# `make test`: it installs Open WebUI (several GiB) from the package index into its own
+# virtualenv, bench/.peer-venv (git-ignored), once per PEER_VERSION.
+.PHONY: bench-peer
+PEER_VENV := bench/.peer-venv
+PEER_VERSION ?= 0.12.4
+$(PEER_VENV)/.installed-$(PEER_VERSION):
+	@test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	@echo "Installing open-webui==$(PEER_VERSION) into $(PEER_VENV) (once; several minutes)..."
+	@mkdir -p var && $(PEER_VENV)/bin/pip install -q "open-webui==$(PEER_VERSION)" \
+		> var/peer-install.log 2>&1 || { tail -40 var/peer-install.log; exit 1; }
+	@touch $@
+
+bench-peer: install-dev $(PEER_VENV)/.installed-$(PEER_VERSION)
+	$(PY) bench/peer.py $(PEER_ARGS)
+
 worker: install
 	$(VENV)/bin/celery -A chatsite worker --loglevel=INFO --concurrency=$${CELERY_CONCURRENCY:-4}
 

@@ -2,15 +2,24 @@
 
 Runs, one after the other (each starts and stops its own processes):
 
-1. relay     bench/relay.py        A0/A1/A2 interleaved at K = 1, 10, 100 (Redis stack)
-2. capacity  bench/relay.py        --capacity: K = 1, 2, 4 ... on the text arm
-3. bare      bench/bare_relay.py   the bare `websockets` relay of the same SSE (CPU baseline)
-4. memory    bench/memory.py       per idle and active socket; 500 cancelled streams
-5. pages     bench/pages.py        the conversation page at 10 / 100 / 1,000 messages
+1. relay       bench/relay.py        A0/A1/A2 interleaved at K = 1, 32, 100 (Redis stack)
+2. ttft        bench/relay.py        A0/A1 at K=1, many short answers (embedded stack)
+3. ttft-redis  bench/relay.py        the same on the Redis stack (PostgreSQL + Redis + worker)
+4. load        bench/relay.py        A0/A1 at K = 32, 64, 100, starts over 1 s (embedded):
+                                     the POST burst (K=64) and CPU per token (K=32, 100)
+5. capacity    bench/relay.py        --capacity: K = 1, 2, 4 ... on the text arm
+6. bare        bench/bare_relay.py   the bare `websockets` relay of the same SSE (CPU baseline)
+7. connections bench/connections.py  new TCP connections to the vendor for 50 answers
+8. memory      bench/memory.py       per idle and active socket; 500 cancelled streams
+9. pages       bench/pages.py        the conversation page at 10 / 100 / 1,000 messages
+
+The `/v1` comparison with Open WebUI is not a step (it installs Open WebUI: `make bench-peer`);
+its latest `bench/results/peer-*.json` is read for the summary when present.
 
 Each script prints its own detailed table (on stderr here) and writes its JSON; this script
-then prints one summary table against the targets and writes `bench/results/bench-<time>.json`
-holding the summary and every script's JSON. `--quick` runs small versions (a few minutes).
+then prints one summary table against the targets (issue 16's rows first) and writes
+`bench/results/bench-<time>.json` holding the summary and every script's JSON. `--quick` runs
+small versions (a few minutes): their rows say what they did not measure.
 """
 
 from __future__ import annotations
@@ -27,21 +36,40 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-STEPS = ("relay", "capacity", "bare", "memory", "pages")
+STEPS = ("relay", "ttft", "ttft-redis", "load", "capacity", "bare", "connections", "memory",
+         "pages")
+# The stream the CPU comparison runs, the same in the app's arm (load) and the bare relay.
+CPU_STREAM = {"full": ["--tokens", "500", "--rate", "50"], "quick": ["--tokens", "60",
+                                                                      "--rate", "50"]}
+CPU_KS = {"full": "32,100", "quick": "32"}
 
 
 def _argv(step: str, quick: bool, out: Path) -> list[str]:
     py = [sys.executable]
     quick_flag = ["--quick"] if quick else []
+    size = "quick" if quick else "full"
+    # K=1 TTFT: short answers (the first token is what counts), enough of them for a p99.
+    ttft = ["--k", "1", "--tokens", "20", "--rate", "50", "--repeat", "10" if quick else "200"]
     return {
         "relay": [*py, "bench/relay.py", *quick_flag, "--arms", "A0,A1,A2"]
-        + ([] if quick else ["--k", "1,10,100", "--repeat", "3"]),
+        + ([] if quick else ["--k", "1,32,100", "--repeat", "3"]),
+        "ttft": [*py, "bench/relay.py", "--arms", "A0,A1", "--stack", "embedded", *ttft,
+                 "--var-dir", str(RESULTS / "var-ttft")],
+        "ttft-redis": [*py, "bench/relay.py", "--arms", "A0,A1", "--stack", "redis", *ttft,
+                       "--var-dir", str(RESULTS / "var-ttft-redis")],
+        # K=64: 64 POSTs over 1 s while the first ones' tokens already flow (the burst of issue
+        # 16); K=32 and 100: the app's CPU per token against the bare relay on the same stream.
+        "load": [*py, "bench/relay.py", "--arms", "A0,A1", "--stack", "embedded",
+                 "--k", ",".join(sorted({*CPU_KS[size].split(","), "64"}, key=int)),
+                 "--spread", "1", "--repeat", "1" if quick else "2",
+                 *CPU_STREAM[size], "--var-dir", str(RESULTS / "var-load")],
         "capacity": [*py, "bench/relay.py", "--capacity", "--a0-client", "raw", "--arms",
                      "A0,A1", "--k-max", "8" if quick else "1024",
                      "--repeat", "1" if quick else "2"]
         + (["--tokens", "100"] if quick else []),
-        "bare": [*py, "bench/bare_relay.py", *quick_flag, "--client", "httpx,raw"]
-        + ([] if quick else ["--k", "1,10,100"]),
+        "bare": [*py, "bench/bare_relay.py", "--client", "httpx,raw", "--k",
+                 CPU_KS[size], "--spread", "1", *CPU_STREAM[size]],
+        "connections": [*py, "bench/connections.py", "--answers", "50"],
         "memory": [*py, "bench/memory.py", *quick_flag],
         "pages": [*py, "bench/pages.py", *quick_flag],
     }[step] + ["--json", str(out)]
@@ -90,24 +118,147 @@ def _verdict(ok: bool | None) -> str:
 Row = tuple[str, str, str, bool | None]
 
 
+def _stream_note(relay: Any) -> str:
+    tokens, rate = _get(relay, "config", "tokens"), _get(relay, "config", "rate")
+    return f"{tokens} tok at {rate:g}/s" if tokens and rate else "?"
+
+
+# --- issue 16's table: one row per target ------------------------------------------------------
+def ttft_row(relay: Any, stack: str) -> Row:
+    added = _get(_level(relay, 1), "added_by_arm", "A1")
+    p50 = _get(added, "added_ttft_ms", "p50")
+    p99 = _get(added, "added_ttft_ms", "p99")
+    n = _get(_level(relay, 1), "arms", "A1", "ok")
+    return (f"added TTFT from POST p50/p99, K=1, {stack} stack (n={_fmt(n)})",
+            f"{_fmt(p50, ' ms')} / {_fmt(p99, ' ms')}", "<= 5 / 20 ms",
+            None if p50 is None or p99 is None else p50 <= 5 and p99 <= 20)
+
+
+def post_burst_row(load: Any) -> Row:
+    post = _get(_level(load, 64), "arms", "A1", "post_response_ms")
+    p50, p99 = _get(post, "p50"), _get(post, "p99")
+    return (f"POST latency p50/p99, 64 POSTs within 1 s (n={_fmt(_get(post, 'n'))})",
+            f"{_fmt(p50, ' ms')} / {_fmt(p99, ' ms')}", "p99 <= 100 ms",
+            None if p99 is None else p99 <= 100)
+
+
+def capacity_row(relay: Any) -> Row:
+    result = _get(relay, "capacity", "result", "A1")
+    cap = _get(result, "capacity")
+    failed = _get(result, "first_failing_k")
+    why = "; ".join(_get(result, "reasons") or [])
+    k_max = _get(relay, "capacity", "k_max")
+    limit = (f"K={failed} failed: {why}" if failed else
+             f"no level failed up to --k-max {k_max}" if result else "not run")
+    # A --k-max below the target cannot show the target met: no verdict then.
+    judged = cap is not None and (failed is not None or (k_max or 0) >= 128 or cap >= 128)
+    return (f"capacity per daphne, R=50 tok/s, starts over 1 s ({limit})", _fmt(cap),
+            ">= 128", (cap >= 128) if judged else None)
+
+
+def cpu_rows(load: Any, bare: Any) -> list[Row]:
+    rows: list[Row] = []
+    levels = _get(bare, "levels") or []
+    for k in (32, 100):
+        base = next((lv for lv in levels if lv.get("k") == k and lv.get("client") == "httpx"),
+                    None)
+        app = _get(_level(load, k), "arms", "A1", "app_cpu_us_per_token")
+        bare_us = _get(base, "relay_cpu_us_per_token")
+        name = f"CPU per token, app / bare httpx relay, K={k}"
+        if app is None or not bare_us:
+            why = "not measured" + (" (--quick)" if load is not None and bare is not None
+                                    else "")
+            rows.append((name, f"{_fmt(app, ' us')} / {_fmt(bare_us, ' us')} ({why})",
+                         "<= 1.5x", None))
+            continue
+        ratio = app / bare_us
+        rows.append((name, f"{app:.0f} / {bare_us:.0f} us = {ratio:.2f}x", "<= 1.5x",
+                     ratio <= 1.5))
+    return rows
+
+
+def connections_row(conn: Any) -> Row:
+    new = _get(conn, "new_vendor_connections")
+    answers, vendor = _get(conn, "answers") or 50, _get(conn, "vendor") or "the vendor"
+    requests = _get(conn, "vendor_requests")
+    note = f", {requests} requests" if requests is not None else ""
+    return (f"new TCP connections to {vendor}, {answers} sequential answers{note}",
+            _fmt(new), "<= 2", None if new is None else new <= 2)
+
+
+def wire_rows(relay: Any) -> list[Row]:
+    rows: list[Row] = []
+    for arm in ("A1", "A2"):
+        wire = _get(_level(relay, 1), "added_by_arm", arm, "wire_per_text_byte")
+        if wire is None and arm == "A2":
+            continue
+        rows.append((f"wire bytes per text byte, {arm}, K=1 ({_stream_note(relay)})",
+                     _fmt(wire, "", 2), "<= 3", None if wire is None else wire <= 3))
+    return rows
+
+
+PEER_METRICS = (("added_ttft_ms", "added TTFT p50", " ms", 2),
+                ("added_token_ms", "added per-token delay p50", " ms", 2),
+                ("cpu_us_per_token", "CPU per token", " us", 0))
+
+
+def latest_peer() -> tuple[Path | None, Any]:
+    found = sorted(RESULTS.glob("peer-*.json"), key=lambda path: path.stat().st_mtime)
+    if not found:
+        return None, None
+    try:
+        return found[-1], json.loads(found[-1].read_text())
+    except (OSError, ValueError):
+        return found[-1], None
+
+
+def peer_rows(peer: Any, path: Path | None) -> list[Row]:
+    """/v1 against Open WebUI in the same run (bench/peer.py): ours <= theirs per metric."""
+    if peer is None:
+        why = "run make bench-peer" if path is None else f"unreadable {path.name}"
+        return [("/v1 vs Open WebUI (added TTFT, per-token, CPU/token)", f"- ({why})",
+                 "<= Open WebUI", None)]
+    rows: list[Row] = []
+    for level in _get(peer, "levels") or []:
+        k = level.get("k")
+        for key, label, unit, digits in PEER_METRICS:
+            ours = _get(level, "systems", "ours", key)
+            theirs = _get(level, "systems", "openwebui", key)
+            ok = None if ours is None or theirs is None else ours <= theirs
+            rows.append((f"/v1 vs Open WebUI, {label}, K={k} ({path.name if path else ''})",
+                         f"{_fmt(ours, '', digits)} / {_fmt(theirs, unit, digits)}",
+                         "<= Open WebUI", ok))
+    return rows or [("/v1 vs Open WebUI", f"- (no levels in {path})", "<= Open WebUI", None)]
+
+
+def issue16_rows(result: Callable[[str], Any], chosen: Sequence[str]) -> list[Row]:
+    """Issue 16's targets, in its table's order (steps that did not run give "-")."""
+    rows = [ttft_row(result("ttft"), "embedded"), ttft_row(result("ttft-redis"), "Redis"),
+            post_burst_row(result("load")), capacity_row(result("capacity"))]
+    rows += cpu_rows(result("load"), result("bare"))
+    rows.append(connections_row(result("connections")))
+    rows += wire_rows(result("relay"))
+    rows += peer_rows(*reversed(latest_peer()))
+    return rows
+
+
+# --- older targets (docs/performance.md) --------------------------------------------------------
 def relay_rows(relay: Any) -> list[Row]:
     rows: list[Row] = []
-    one, hundred = _level(relay, 1), _level(relay, 100) or _level(relay, 10)
+    one = _level(relay, 1)
+    hundred = _level(relay, 100) or _level(relay, 32) or _level(relay, 10)
     for arm in ("A1", "A2"):
-        added = _get(one, "added_by_arm", arm) or (_get(one, "added") if arm == "A1" else None)
+        added = _get(one, "added_by_arm", arm)
         if added is None:
             continue
         p50 = _get(added, "added_ttft_ms", "p50")
         p99 = _get(added, "added_ttft_ms", "p99")
         at_ts = _get(added, "added_ttft_from_first_ts_ms", "p50")
-        rows.append((f"{arm} added TTFT p50/p99, K=1 (from POST)",
-                     f"{_fmt(p50, ' ms')} / {_fmt(p99, ' ms')}", "<= 5 / 20 ms",
-                     None if p50 is None else p50 <= 5 and p99 <= 20))
+        n = _get(one, "arms", arm, "ok")
+        rows.append((f"{arm} added TTFT p50/p99, K=1, relay step (n={_fmt(n)})",
+                     f"{_fmt(p50, ' ms')} / {_fmt(p99, ' ms')}", "-", None))
         rows.append((f"{arm} added TTFT p50, K=1 (relay only, from first token)",
                      _fmt(at_ts, " ms"), "-", None))
-        wire = _get(added, "wire_per_text_byte")
-        rows.append((f"{arm} wire bytes per text byte", _fmt(wire, "", 2), "<= 3",
-                     None if wire is None else wire <= 3))
         fps = _get(added, "frames_per_s", "max")
         rows.append((f"{arm} frames/s per stream (max)", _fmt(fps), "<= 20",
                      None if fps is None else fps <= 20.5))
@@ -123,38 +274,14 @@ def relay_rows(relay: Any) -> list[Row]:
     return rows
 
 
-def capacity_rows(relay: Any) -> list[Row]:
-    result = _get(relay, "capacity", "result", "A1")
-    if not result:
+def capacity_detail_rows(relay: Any) -> list[Row]:
+    cap = _get(relay, "capacity", "result", "A1", "capacity")
+    if cap is None:
         return []
-    cap = result.get("capacity")
-    why = "; ".join(result.get("reasons") or [])
-    levels = _get(relay, "capacity", "levels") or []
-    at_cap = next((lv for lv in levels if lv.get("k") == cap), None)
-    failed = result.get("first_failing_k")
-    limit = (f"K={failed} failed: {why}" if failed else
-             f"no level failed up to --k-max {_get(relay, 'capacity', 'k_max')}")
-    rows: list[Row] = [(f"capacity, streams at 50 tok/s ({limit})", _fmt(cap), ">= 500",
-                        None if cap is None else cap >= 500)]
+    at_cap = next((lv for lv in _get(relay, "capacity", "levels") or [] if lv.get("k") == cap),
+                  None)
     cpu = _get(at_cap, "arms", "A1", "app_cpu_us_per_token")
-    rows.append((f"app CPU per token at K={cap}", _fmt(cpu, " us"), "-", None))
-    return rows
-
-
-def bare_rows(bare: Any, relay: Any) -> list[Row]:
-    rows: list[Row] = []
-    levels = _get(bare, "levels") or []
-    for k in (10, 100):
-        base = next((lv for lv in levels if lv.get("k") == k and lv.get("client") == "httpx"),
-                    None)
-        app = _get(_level(relay, k), "arms", "A1", "app_cpu_us_per_token")
-        bare_us = _get(base, "relay_cpu_us_per_token")
-        if base is None or app is None or not bare_us:
-            continue
-        ratio = app / bare_us
-        rows.append((f"CPU per token, app / bare websockets relay (httpx), K={k}",
-                     f"{app:.0f} / {bare_us:.0f} us = {ratio:.1f}x", "<= 3x", ratio <= 3))
-    return rows
+    return [(f"app CPU per token at capacity K={cap}", _fmt(cpu, " us"), "-", None)]
 
 
 def memory_rows(memory: Any) -> list[Row]:
@@ -190,23 +317,29 @@ def pages_rows(pages: Any) -> list[Row]:
     return rows
 
 
-def summarise(steps: dict[str, dict[str, Any]]) -> list[Row]:
+Section = tuple[str, list[Row]]
+
+
+def summarise(steps: dict[str, dict[str, Any]]) -> list[Section]:
     result: Callable[[str], Any] = lambda name: _get(steps, name, "result")  # noqa: E731
-    rows = relay_rows(result("relay")) + capacity_rows(result("capacity"))
-    rows += bare_rows(result("bare"), result("relay")) + memory_rows(result("memory"))
-    rows += pages_rows(result("pages"))
-    for name, step in steps.items():
-        if not step.get("ok"):
-            rows.append((f"{name}: the script failed (exit {step.get('exit')})", "-", "-",
-                         False))
-    return rows
+    issue = issue16_rows(result, list(steps))
+    older = relay_rows(result("relay")) + capacity_detail_rows(result("capacity"))
+    older += memory_rows(result("memory")) + pages_rows(result("pages"))
+    failed: list[Row] = [(f"{name}: the script failed (exit {step.get('exit')})", "-", "-",
+                          False) for name, step in steps.items() if not step.get("ok")]
+    sections = [("issue 16 targets", issue), ("other targets (docs/performance.md)", older)]
+    return sections + ([("failed steps", failed)] if failed else [])
 
 
-def render(rows: list[Row]) -> str:
+def render(sections: list[Section]) -> str:
+    rows = [row for _, section in sections for row in section]
     width = max([len(r[0]) for r in rows] + [6])
-    lines = [f"{'metric':<{width}}  {'measured':>24}  {'target':>14}  verdict"]
-    lines += [f"{name:<{width}}  {value:>24}  {target:>14}  {_verdict(ok)}"
-              for name, value, target, ok in rows]
+    value_width = max([len(r[1]) for r in rows] + [8])
+    lines = [f"{'metric':<{width}}  {'measured':>{value_width}}  {'target':>14}  verdict"]
+    for title, section in sections:
+        lines.append(f"-- {title}")
+        lines += [f"{name:<{width}}  {value:>{value_width}}  {target:>14}  {_verdict(ok)}"
+                  for name, value, target, ok in section]
     return "\n".join(lines)
 
 
@@ -223,14 +356,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     steps = {step: run_step(step, args.quick, stamp) for step in chosen}
-    rows = summarise(steps)
-    table = render(rows)
+    sections = summarise(steps)
+    table = render(sections)
     print(table)
     out = RESULTS / f"bench-{stamp}.json"
     out.write_text(json.dumps({
         "started": stamp, "quick": args.quick, "loadavg": os.getloadavg(),
-        "summary": [{"metric": n, "measured": v, "target": t, "pass": ok}
-                    for n, v, t, ok in rows],
+        "summary": [{"section": title, "metric": n, "measured": v, "target": t, "pass": ok}
+                    for title, rows in sections for n, v, t, ok in rows],
+        "peer_json": str(latest_peer()[0] or "") or None,
         "steps": steps}, indent=1))
     print(f"\nJSON: {out}")
     return 0 if all(step.get("ok") for step in steps.values()) else 1

@@ -59,14 +59,28 @@ def path_up_ids(conversation_id: uuid.UUID, start: uuid.UUID
     return path_up(conversation, start, bound=NO_BOUND, limit=None)
 
 
+# The whole branch above a message as full rows, in one statement (the walk and the rows).
+_BRANCH_SQL = """
+WITH RECURSIVE path(id, parent_id) AS (
+    SELECT id, parent_id FROM conversations_message
+    WHERE id = %(start)s AND conversation_id = %(conversation)s
+  UNION ALL
+    SELECT m.id, m.parent_id FROM conversations_message m JOIN path p ON m.id = p.parent_id
+)
+SELECT * FROM conversations_message WHERE id IN (SELECT id FROM path) ORDER BY seq
+"""
+
+
 def history_for(assistant: Message) -> list[Message]:
-    """The messages a model sees for this answer: the branch up to its user prompt."""
+    """The messages a model sees for this answer: the branch up to its user prompt, oldest
+    first, read once (the answer core hands it on instead of walking the branch again)."""
     if assistant.parent_id is None:
         return []
-    chain = [mid for mid, _parent in path_up(assistant.conversation, assistant.parent_id,
-                                               bound=NO_BOUND, limit=None)]
-    by_id = {m.id: m for m in Message.objects.filter(pk__in=chain)}
-    return [by_id[mid] for mid in chain]
+    pk = Message._meta.pk
+    assert pk is not None
+    params = {"start": pk.get_db_prep_value(assistant.parent_id, connection),
+              "conversation": pk.get_db_prep_value(assistant.conversation_id, connection)}
+    return list(Message.objects.raw(_BRANCH_SQL, params))
 
 
 def latest_leaf_under(conversation: Conversation, message_id: uuid.UUID) -> uuid.UUID:

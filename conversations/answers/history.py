@@ -153,7 +153,8 @@ def request_for(answer: Message) -> Shaped:
     if answer.parent is not None and turns and turns[-1][0] == "user":
         # Documents of the branch, quoted before the latest question (documents/context.py).
         quoted = documents_context(model, conversation.system_prompt, answer.parent,
-                                   (conversation.params or {}).get("max_tokens")).text
+                                   (conversation.params or {}).get("max_tokens"),
+                                   branch=[m.pk for m in branch]).text
         if quoted:
             turns[-1] = ("user", quoted + turns[-1][1], turns[-1][2])
     wire = one_image(model, turns)

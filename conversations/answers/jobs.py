@@ -12,6 +12,7 @@ Celery beat), the image cleanup and the retention run on timers.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import threading
 import time
@@ -44,7 +45,14 @@ def start(message: Message) -> None:
     if settings.REDIS_URL and model is not None and model.vision:
         generate_answer.delay(str(message.pk), language)
         return
-    runtime.submit(run_generation, message.pk, language)
+    runtime.submit(run_generation, message.pk, language, _for_runner(message))
+
+
+def _for_runner(message: Message) -> Message:
+    """The runner's own copy of the message the service just stored, with what the service
+    already read (its conversation, model and provider, its prompt): the claim then reads
+    nothing back. A copy, because the request's thread goes on using its own object."""
+    return copy.copy(message)
 
 
 def start_periodic(loop: asyncio.AbstractEventLoop) -> None:

@@ -78,18 +78,19 @@ class NotPrepared:
 
 
 @off_loop
-def _claim(message_id: uuid.UUID) -> Job | NotPrepared | None:
+def _claim(message_id: uuid.UUID, handed: Message | None = None) -> Job | NotPrepared | None:
     """queued -> streaming, exactly once (a redelivered job finds nothing to claim).
 
     Returns the job, None when there is nothing to do, or the final state event of an answer
-    that failed before it could start (its request could not be built).
+    that failed before it could start (its request could not be built). `handed`: the message
+    as the posting service stored it (jobs.start), so that the claim is one statement.
     """
+    now = timezone.now()
     claimed = Message.objects.filter(pk=message_id, status=MessageStatus.QUEUED).update(
-        status=MessageStatus.STREAMING, runner=runner_id(), heartbeat_at=timezone.now())
+        status=MessageStatus.STREAMING, runner=runner_id(), heartbeat_at=now)
     if not claimed:
         return None
-    message = Message.objects.select_related(
-        "conversation", "model", "model__provider").get(pk=message_id)
+    message = _claimed(message_id, handed, now)
     try:
         with translation.override("en"):  # stored in English; pages translate by its code
             shaped = request_for(message)
@@ -111,6 +112,24 @@ def _claim(message_id: uuid.UUID) -> Job | NotPrepared | None:
     return NotPrepared(saved.conversation_id, events.final_state_of(saved))
 
 
+def _claimed(message_id: uuid.UUID, handed: Message | None, now: Any) -> Message:
+    """The claimed message with its conversation, model, provider and prompt: the handed one
+    when it carries them (what the claim wrote is set on it), else read once."""
+    if handed is not None and handed.pk == message_id and _carries_relations(handed):
+        handed.status, handed.runner, handed.heartbeat_at = (
+            MessageStatus.STREAMING, runner_id(), now)
+        return handed
+    return Message.objects.select_related(
+        "conversation", "conversation__owner", "model", "model__provider", "parent",
+        "parent__author").get(pk=message_id)
+
+
+def _carries_relations(message: Message) -> bool:
+    # The loop's side reads the model's provider (Generation); nothing may load it lazily there.
+    return (Message.conversation.is_cached(message) and Message.model.is_cached(message)
+            and message.model is not None and ModelConfig.provider.is_cached(message.model))
+
+
 def _with_fallbacks(job: Job) -> Job:
     """The job with its model's fallbacks; started on the first one at once when its own
     provider's circuit breaker is open (answers/fallback.py)."""
@@ -124,11 +143,13 @@ def _with_fallbacks(job: Job) -> Job:
     return replace(job, request=shaped.request, sources=shaped.sources, fallbacks=tuple(rest))
 
 
-async def run_generation(message_id: uuid.UUID | str, language: str = "") -> None:
+async def run_generation(message_id: uuid.UUID | str, language: str = "",
+                         handed: Message | None = None) -> None:
     """Write one queued answer. `language` is the interface language of the person who asked
-    (the title written after a first answer follows it when the prompt's is unclear)."""
+    (the title written after a first answer follows it when the prompt's is unclear).
+    `handed`: the message as the service stored it, read nothing back (jobs.start)."""
     message_id = uuid.UUID(str(message_id))
-    job = await _claim(message_id)
+    job = await _claim(message_id, handed)
     if job is None:
         return
     if isinstance(job, NotPrepared):  # failed before it started: tell the viewers

@@ -166,6 +166,15 @@ def _shape(model: ModelConfig, spec: Spec, images: list[list[Attachment]],
         raise service_error(exc) from None
 
 
+def _check_request(user: Any, model: ModelConfig, spec: Spec) -> None:
+    """The limits, then whether the prompt alone fits the model (ApiError when refused)."""
+    try:
+        accounting.check_limits(user, prompt_chars=spec.prompt_chars)
+        check_prompt(model, spec.system, spec.messages[-1].text)
+    except ServiceError as exc:
+        raise service_error(exc) from None
+
+
 def prepare(user: Any, spec: Spec) -> Prepared:
     """Every check before the provider is called, then the ledger row. Refusals charge nothing."""
     try:
@@ -176,19 +185,23 @@ def prepare(user: Any, spec: Spec) -> Prepared:
     check_tools(model, spec)
     check_images(model, spec)
     params = model_params(model, spec.options)
-    try:
-        accounting.check_limits(user, prompt_chars=spec.prompt_chars)  # early: before images
-        check_prompt(model, spec.system, spec.messages[-1].text)
-    except ServiceError as exc:
-        raise service_error(exc) from None
+    with_images = any(m.images for m in spec.messages)
+    if with_images:  # refused before the images are stored and decoded
+        _check_request(user, model, spec)
     images = _store_images(user, spec)
     stored = [a.pk for own in images for a in own]
     try:
-        fitted = _shape(model, spec, images, params)
+        fitted = _shape(model, spec, images, params) if with_images else None
         with transaction.atomic():
-            # Again, as one step with the ledger row: the web page and /v1 share the limits.
+            # As one step with the ledger row: the web page and /v1 share the limits. Without
+            # images this is the only check (the limits are read once, not twice), and the prompt's
+            # own checks follow the limits as they do above.
             accounting.lock_user(user)
-            accounting.check_limits(user, prompt_chars=spec.prompt_chars)
+            if fitted is None:
+                _check_request(user, model, spec)
+                fitted = _shape(model, spec, images, params)
+            else:
+                accounting.check_limits(user, prompt_chars=spec.prompt_chars)
             record = accounting.record_start(user, model, source=UsageRecord.Source.API)
     except ServiceError as exc:
         Attachment.objects.filter(pk__in=stored).delete()

@@ -277,11 +277,13 @@ def thread(conversation: Conversation, *, before_seq: int | None = None,
     return Thread(nodes=nodes, has_older=has_older, oldest_seq=oldest)
 
 
-def node_for(message: Message) -> ThreadNode:
-    """One message with its siblings (attempts or edits under the same parent)."""
-    siblings = list(Message.objects.filter(conversation_id=message.conversation_id,
-                                           parent_id=message.parent_id)
-                    .order_by("seq").values_list("pk", flat=True))
+def node_for(message: Message, siblings: list[uuid.UUID] | None = None) -> ThreadNode:
+    """One message with its siblings (attempts or edits under the same parent); `siblings`
+    when the caller knows them (a first answer just stored under its new prompt is alone)."""
+    if siblings is None:
+        siblings = list(Message.objects.filter(conversation_id=message.conversation_id,
+                                               parent_id=message.parent_id)
+                        .order_by("seq").values_list("pk", flat=True))
     return ThreadNode(message, siblings)
 
 

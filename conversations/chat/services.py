@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import Q
 from django.utils.translation import gettext as _
 
 from conversations import events
@@ -109,20 +109,46 @@ def _check_limits(user: Any, conversation: Conversation, prompt_chars: int) -> l
         raise ServiceError(exc.code, exc.message, exc.status) from None
 
 
-def _next_seq(conversation: Conversation, count: int) -> int:
-    Conversation.objects.filter(pk=conversation.pk).update(next_seq=F("next_seq") + count)
-    conversation.refresh_from_db(fields=["next_seq"])
-    return conversation.next_seq - count
-
-
-def _existing_pair(conversation: Conversation, client_id: uuid.UUID) -> PostResult | None:
-    user_message = Message.objects.filter(conversation=conversation, client_id=client_id).first()
+def _existing_pair(conversation: Conversation, client_id: uuid.UUID,
+                   user_message: Message | None = None) -> PostResult | None:
+    if user_message is None:
+        user_message = Message.objects.filter(conversation=conversation,
+                                              client_id=client_id).first()
     if user_message is None:
         return None
     assistant = user_message.children.order_by("seq").first()
     if assistant is None:
         return None
     return PostResult(user_message, assistant, created=False)
+
+
+def _sent_and_leaf(locked: Conversation, client_id: uuid.UUID) -> Message | None:
+    """Under the conversation's lock, one read: a prompt already stored with this client_id
+    (returned), and the active leaf (put on `locked`, for `_parent_for_new_prompt`).
+
+    The leaf is read by a statement of its own after the lock, never joined into the locking
+    one: on PostgreSQL a locking statement that waited re-reads the locked row, but not the rows
+    joined to it, so a joined leaf could be the one from before the other writer committed."""
+    sent = leaf = None
+    for row in Message.objects.filter(conversation=locked).filter(
+            Q(client_id=client_id) | Q(pk=locked.active_leaf_id)):
+        if row.client_id == client_id:
+            sent = row
+        if row.pk == locked.active_leaf_id:
+            leaf = row
+    locked.active_leaf = leaf
+    return sent
+
+
+def _checked_prompt(user: Any, conversation: Conversation, text: str,
+                    attachment_ids: list[uuid.UUID] | None) -> tuple[str, ModelConfig]:
+    """The prompt's text and the model that answers it, or the ServiceError refusing them
+    (before any lock is taken: these need no lock)."""
+    text = text.strip() if attachment_ids and not text.strip() else _validate_text(text)
+    drain.check_not_draining()
+    model = _check_model(user, conversation.model)
+    check_prompt(model, conversation.system_prompt, text)
+    return text, model
 
 
 def message_post(user: Any, conversation: Conversation, *, text: str, client_id: uuid.UUID,
@@ -133,14 +159,19 @@ def message_post(user: Any, conversation: Conversation, *, text: str, client_id:
 
     `edit_of` is an earlier user message being edited: the new one becomes its sibling (a
     new branch); nothing is deleted.
+
+    One transaction of few statements (docs/performance.md, "the write path"): the locked
+    conversation, the user lock, the idempotency check with the leaf (one read), the limits
+    (two reads), one insert of both messages, the ledger row, one update of the conversation.
     """
-    existing = _existing_pair(conversation, client_id)
-    if existing:
-        return existing
-    text = text.strip() if attachment_ids and not text.strip() else _validate_text(text)
-    drain.check_not_draining()
-    model = _check_model(user, conversation.model)
-    check_prompt(model, conversation.system_prompt, text)
+    try:
+        text, model = _checked_prompt(user, conversation, text, attachment_ids)
+    except ServiceError:
+        # A repeated client_id gets the first pair whatever changed since (F10).
+        existing = _existing_pair(conversation, client_id)
+        if existing:
+            return existing
+        raise
     try:
         with transaction.atomic():
             # Locks in one order everywhere (the conversation, then the user), so that two
@@ -150,27 +181,18 @@ def message_post(user: Any, conversation: Conversation, *, text: str, client_id:
             accounting.lock_user(user)
             # A repeated client_id gets the first pair, even while that answer is running (F10):
             # idempotency is checked before "busy" and before the limits.
-            existing = _existing_pair(conversation, client_id)
-            if existing:
-                return existing
-            warnings = _check_limits(user, conversation, len(text))
+            sent = _sent_and_leaf(locked, client_id)
+            if sent is not None:
+                existing = _existing_pair(locked, client_id, sent)
+                if existing:
+                    return existing
+            warnings = _check_limits(user, locked, len(text))
             parent = _parent_for_new_prompt(locked, edit_of)
-            seq = _next_seq(locked, 2)
-            user_message = Message.objects.create(
-                conversation=locked, parent=parent, seq=seq, role=Message.Role.USER,
-                author=user, client_id=client_id, content=text, status=MessageStatus.COMPLETE)
+            user_message, assistant = _store_pair(user, locked, parent, client_id, text, model)
             attach(user, user_message, attachment_ids or [], model)
             attach_documents(user, user_message, document_ids or [])
-            assistant = Message.objects.create(
-                conversation=locked, parent=user_message, seq=seq + 1,
-                role=Message.Role.ASSISTANT, model=model, status=MessageStatus.QUEUED)
             accounting.record_start(user, model, team_id=locked.team_id, message=assistant)
-            locked.active_leaf = assistant
-            update = ["active_leaf", "updated_at"]
-            if locked.title_is_auto and not locked.title:
-                locked.title = auto_title(text)
-                update.append("title")
-            locked.save(update_fields=update)
+            _advance(locked, assistant, 2, title_from=text)
             _start_on_commit(locked, user_message, assistant)
     except IntegrityError:
         # Two requests with one client_id raced: the other one won; return its pair.
@@ -178,8 +200,41 @@ def message_post(user: Any, conversation: Conversation, *, text: str, client_id:
         if existing:
             return existing
         raise
-    conversation.refresh_from_db()
+    _copy_written(locked, conversation)
     return PostResult(user_message, assistant, created=True, warnings=warnings)
+
+
+def _store_pair(user: Any, locked: Conversation, parent: Message | None, client_id: uuid.UUID,
+                text: str, model: ModelConfig) -> tuple[Message, Message]:
+    """The prompt and its queued answer, as one insert. Their seqs come from the locked row
+    (written back by `_advance` in the same transaction): no separate counter statement."""
+    seq = locked.next_seq
+    user_message = Message(
+        conversation=locked, parent=parent, seq=seq, role=Message.Role.USER,
+        author=user, client_id=client_id, content=text, status=MessageStatus.COMPLETE)
+    assistant = Message(
+        conversation=locked, parent=user_message, seq=seq + 1,
+        role=Message.Role.ASSISTANT, model=model, status=MessageStatus.QUEUED)
+    Message.objects.bulk_create([user_message, assistant])
+    return user_message, assistant
+
+
+def _advance(locked: Conversation, leaf: Message, used_seqs: int, title_from: str = "") -> None:
+    """One update of the locked conversation: the seqs used, the new leaf, a first title."""
+    locked.next_seq += used_seqs
+    locked.active_leaf = leaf
+    update = ["next_seq", "active_leaf", "updated_at"]
+    if title_from and locked.title_is_auto and not locked.title:
+        locked.title = auto_title(title_from)
+        update.append("title")
+    locked.save(update_fields=update)
+
+
+def _copy_written(locked: Conversation, conversation: Conversation) -> None:
+    """The caller's conversation object as the transaction left it (no re-read)."""
+    for name in ("next_seq", "active_leaf_id", "title", "title_is_auto", "updated_at"):
+        setattr(conversation, name, getattr(locked, name))
+    conversation.active_leaf = locked.active_leaf
 
 
 def _start_on_commit(conversation: Conversation, user_message: Message | None,
@@ -226,13 +281,11 @@ def regenerate(user: Any, conversation: Conversation, assistant: Message) -> Mes
                                       status__in=ACTIVE_STATUSES).exists()
         if busy:
             raise ServiceError("busy", _("Another attempt is still being written."), 409)
-        seq = _next_seq(locked, 1)
         attempt = Message.objects.create(
-            conversation=locked, parent_id=assistant.parent_id, seq=seq,
+            conversation=locked, parent_id=assistant.parent_id, seq=locked.next_seq,
             role=Message.Role.ASSISTANT, model=model, status=MessageStatus.QUEUED)
         accounting.record_start(user, model, team_id=locked.team_id, message=attempt)
-        locked.active_leaf = attempt
-        locked.save(update_fields=["active_leaf", "updated_at"])
+        _advance(locked, attempt, 1)
         _start_on_commit(locked, None, attempt)
     return attempt
 

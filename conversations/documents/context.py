@@ -47,16 +47,25 @@ class Context:
     used: tuple[Used, ...]
 
 
-def documents_in_branch(conversation_id: uuid.UUID, tip: uuid.UUID | None) -> list[Document]:
+def documents_in_branch(conversation_id: uuid.UUID, tip: uuid.UUID | None,
+                        branch: Sequence[uuid.UUID] | None = None) -> list[Document]:
+    """The ready documents of the branch ending at `tip` (`branch`: its message ids, when the
+    caller has already walked it)."""
     if tip is None:
         return []
-    ids = [mid for mid, _parent in path_up_ids(conversation_id, tip)]
-    found = Document.objects.filter(message_id__in=ids).exclude(status=Document.Status.FAILED)
-    # A prompt sent before its document's background extraction finished: extract it now
-    # (once; the job that comes later finds it done).
-    for pending in found.filter(status=Document.Status.PENDING).values_list("pk", flat=True):
-        extract(str(pending))
-    return list(found.filter(status=Document.Status.READY).order_by("created_at"))
+    ids = list(branch) if branch is not None else [
+        mid for mid, _parent in path_up_ids(conversation_id, tip)]
+    found = Document.objects.filter(message_id__in=ids).exclude(
+        status=Document.Status.FAILED).order_by("created_at")
+    documents = list(found)  # one read in the usual case: nothing is pending
+    pending = [d.pk for d in documents if d.status == Document.Status.PENDING]
+    if pending:
+        # A prompt sent before its document's background extraction finished: extract it now
+        # (once; the job that comes later finds it done), then read them again.
+        for document_id in pending:
+            extract(str(document_id))
+        documents = list(found)
+    return [d for d in documents if d.status == Document.Status.READY]
 
 
 def room(model: ModelConfig, system: str, question: str, max_tokens: int | None) -> tuple[int, int]:
@@ -169,9 +178,11 @@ def _wrap(parts: Sequence[str]) -> str:
 
 
 def for_prompt(model: ModelConfig, system: str, prompt: Message,
-               max_tokens: int | None = None) -> Context:
-    """The documents' context for the answer to `prompt` (the latest user turn)."""
-    documents = documents_in_branch(prompt.conversation_id, prompt.pk)
+               max_tokens: int | None = None,
+               branch: Sequence[uuid.UUID] | None = None) -> Context:
+    """The documents' context for the answer to `prompt` (the latest user turn); `branch`:
+    the message ids up to it, when the caller has read them."""
+    documents = documents_in_branch(prompt.conversation_id, prompt.pk, branch)
     tokens, chars = room(model, system, prompt.content, max_tokens)
     return build(documents, prompt.content, tokens, chars)
 

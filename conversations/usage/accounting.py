@@ -9,7 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db.models import Q, Sum
+from django.db.models import Count, Min, Q, Sum
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
@@ -93,6 +93,28 @@ def _check_budget(budget: Budget, records: Any, who: str, now: datetime) -> str 
     return warning
 
 
+def _answer_counts(user: Any, minute_ago: datetime, stale: datetime
+                   ) -> tuple[int, datetime | None, int]:
+    """(answers started in the last minute, the first of them, answers running now) in one
+    statement: the rate and the concurrency limit read the same rows of the ledger.
+
+    Rate and concurrency limits count answers; title calls (purpose "title") are the product's
+    own and count only towards budgets. An answer of the web page counts as running while its
+    message is active; an API answer while its record is open (recent ones only: a crashed
+    process never holds a slot for long).
+    """
+    in_minute = Q(started_at__gte=minute_ago)
+    running = Q(started_at__gte=stale) & (
+        Q(message__isnull=True, finished_at__isnull=True)
+        | Q(message__status__in=["queued", "streaming"]))
+    totals = UsageRecord.objects.filter(
+        user=user, purpose=UsageRecord.Purpose.ANSWER,
+        started_at__gte=min(minute_ago, stale)).aggregate(
+        recent=Count("pk", filter=in_minute), first=Min("started_at", filter=in_minute),
+        running=Count("pk", filter=running))
+    return totals["recent"] or 0, totals["first"], totals["running"] or 0
+
+
 def check_limits(user: Any, *, team_id: int | None = None, prompt_chars: int = 0,
                  now: datetime | None = None) -> list[str]:
     """Refuse a new answer that would break a limit (LimitExceeded); return warnings."""
@@ -101,26 +123,15 @@ def check_limits(user: Any, *, team_id: int | None = None, prompt_chars: int = 0
         raise LimitExceeded("prompt_too_large", _(
             "This prompt has %(n)s characters; the limit is %(limit)s.") % {
             "n": f"{prompt_chars:,}", "limit": f"{settings.MAX_PROMPT_CHARS:,}"})
-    mine = UsageRecord.objects.filter(user=user)
-    # Rate and concurrency limits count answers; title calls (purpose "title") are the
-    # product's own and count only towards budgets.
-    answers = mine.filter(purpose=UsageRecord.Purpose.ANSWER)
-    minute_ago = now - timedelta(seconds=60)
-    recent = list(answers.filter(started_at__gte=minute_ago).order_by("started_at")
-                  .values_list("started_at", flat=True)[: settings.RATE_LIMIT_PER_MINUTE])
-    if len(recent) >= settings.RATE_LIMIT_PER_MINUTE:
-        resets = recent[0] + timedelta(seconds=60)
+    stale = now - timedelta(seconds=settings.GENERATION_STALE_SECONDS * 4)
+    recent, first_recent, running = _answer_counts(user, now - timedelta(seconds=60), stale)
+    if recent >= settings.RATE_LIMIT_PER_MINUTE and first_recent is not None:
+        resets = first_recent + timedelta(seconds=60)
         raise LimitExceeded("rate_limited", _(
             "You sent %(n)s messages in the last minute, the most allowed; you can send again "
             "at %(resets)s.") % {"n": settings.RATE_LIMIT_PER_MINUTE,
                                   "resets": _in_words(resets, now)},
             retry_after=max(1, int((resets - now).total_seconds())))
-    stale = now - timedelta(seconds=settings.GENERATION_STALE_SECONDS * 4)
-    # An answer of the web page counts while its message is active; an API answer while
-    # its record is open (recent ones only: a crashed process never holds a slot for long).
-    running = answers.filter(started_at__gte=stale).filter(
-        Q(message__isnull=True, finished_at__isnull=True)
-        | Q(message__status__in=["queued", "streaming"])).count()
     if running >= settings.MAX_CONCURRENT_ANSWERS:
         raise LimitExceeded("too_many_answers", _(
             "You already have %(n)s answers being written, the most allowed at once. Wait for "

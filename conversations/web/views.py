@@ -215,9 +215,10 @@ def message_fragment(request: HttpRequest, conversation_id: uuid.UUID,
         "can_continue": access >= Access.CONTINUE})
 
 
-def _message_html(request: HttpRequest, conversation: Conversation, message: Message) -> str:
+def _message_html(request: HttpRequest, conversation: Conversation, message: Message,
+                  siblings: list[uuid.UUID] | None = None) -> str:
     return render_to_string("conversations/_message.html", {
-        "conversation": conversation, "node": selectors.node_for(message),
+        "conversation": conversation, "node": selectors.node_for(message, siblings),
         "can_continue": True}, request=request)
 
 
@@ -246,7 +247,9 @@ def message_post(request: HttpRequest, conversation_id: uuid.UUID) -> HttpRespon
         for warning in result.warnings:
             flash.warning(request, warning)
     if _wants_json(request):
-        result.assistant_message.refresh_from_db()
+        # The answer as it is now (the runner may have claimed it), with its model, read once.
+        result.assistant_message = Message.objects.select_related("model").get(
+            pk=result.assistant_message.pk)
         return JsonResponse({
             "created": result.created, "replace_thread": edit_of is not None,
             "warnings": result.warnings,
@@ -254,8 +257,11 @@ def message_post(request: HttpRequest, conversation_id: uuid.UUID) -> HttpRespon
                      "html": _message_html(request, conversation, result.user_message)},
             "assistant": {"seq": result.assistant_message.seq,
                           "id": str(result.assistant_message.pk),
+                          # A new answer is the only child of its new prompt.
                           "html": _message_html(request, conversation,
-                                                result.assistant_message)},
+                                                result.assistant_message,
+                                                [result.assistant_message.pk]
+                                                if result.created else None)},
         }, status=201 if result.created else 200)
     return redirect(fallback)
 

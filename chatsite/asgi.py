@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import sys
 
-from django.core.asgi import get_asgi_application
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
-# Django must be set up before anything imports models (the consumers do).
+# Django must be set up before anything imports models (the consumers do). The handler is
+# Django's, with request threads reused (chatsite/http_handler.py).
+from chatsite.http_handler import get_asgi_application
+
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402

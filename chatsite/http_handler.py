@@ -12,6 +12,12 @@ of idle single-thread executors and returned afterwards, keeping its database co
 (`CONN_MAX_AGE`; on PostgreSQL connections go back to psycopg's pool at the end of every
 request, as before). asgiref's `ThreadSensitiveContext(executor=...)` is the public way to
 supply the executor.
+
+Requests for sync views (every page and form; the `/v1` API views are async) run Django's sync
+handler, middleware and view together, in that thread: one hop from the loop and one back.
+Django's async chain adapts each sync-style middleware on its own, so a POST used to cross
+between the loop and a thread about twenty times, and under load every return to the loop
+waited behind the tokens of every stream in flight (the 64-POST burst of issue 16).
 """
 
 from __future__ import annotations
@@ -21,8 +27,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import django
-from asgiref.sync import ThreadSensitiveContext
+from asgiref.sync import ThreadSensitiveContext, iscoroutinefunction, sync_to_async
 from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.base import BaseHandler
+from django.http import FileResponse, HttpRequest, HttpResponseBase
+from django.urls import Resolver404, get_resolver
 
 MAX_IDLE = 32  # idle request threads kept; more concurrent requests still get their own
 
@@ -54,7 +63,31 @@ class _ExecutorPool:
 executors = _ExecutorPool(MAX_IDLE)
 
 
+def runs_async(path: str) -> bool:
+    """Whether the view at `path` is an async view (else, or when nothing matches: sync)."""
+    try:
+        match = get_resolver().resolve(path)
+    except Resolver404:
+        return False
+    return iscoroutinefunction(match.func)
+
+
 class PooledThreadsASGIHandler(ASGIHandler):
+    def __init__(self) -> None:
+        super().__init__()
+        self._sync = BaseHandler()
+        self._sync.load_middleware(is_async=False)
+
+    async def run_get_response(self, request: HttpRequest) -> HttpResponseBase:
+        if runs_async(request.path_info):
+            response: HttpResponseBase = await super().run_get_response(request)
+            return response
+        response = await sync_to_async(self._sync.get_response, thread_sensitive=True)(request)
+        response._handler_class = self.__class__  # type: ignore[attr-defined]  # as Django does
+        if isinstance(response, FileResponse):
+            response.block_size = self.chunk_size
+        return response
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")

@@ -172,6 +172,9 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
         }
     }
 else:
+    # Django's SQLite backend, with one process's writers queued on a lock rather than on
+    # SQLite's sleeping busy handler (chatsite/sqlite3/base.py).
+    _db["ENGINE"] = "chatsite.sqlite3"
     _db["OPTIONS"] = {
         # IMMEDIATE takes the write lock at BEGIN, so concurrent writers queue on
         # busy_timeout instead of failing with "database is locked" mid-transaction.

@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -22,6 +23,7 @@ from providers import pool
 log = logging.getLogger(__name__)
 
 _loop: asyncio.AbstractEventLoop | None = None
+OFF_LOOP_THREADS = 64
 _background: set[asyncio.Task[Any]] = set()
 
 
@@ -32,6 +34,12 @@ def capture(loop: asyncio.AbstractEventLoop) -> bool:
         return False
     _loop = loop
     pool.keep_warm(loop)  # this loop lives as long as the process: vendor connections stay warm
+    # `off_loop` runs on the loop's default executor, which asyncio sizes at cpu_count + 4
+    # threads (6 on two cores): 64 answers starting within a second, each claiming and reading
+    # its history there beside every stream's partial saves, queued for half a second behind
+    # those six threads (issue 16). The database pool, not this, bounds real concurrency.
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=OFF_LOOP_THREADS,
+                                                 thread_name_prefix="off-loop"))
     return True
 
 

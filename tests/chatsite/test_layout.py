@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # conversations/ rooms, lowest first (README.md, "Layout"). A module may import its own room and
 # any lower level; rooms side by side on one level stay out of each other's way.
 LEVELS: list[set[str]] = [
-    {"models", "errors", "events", "runtime", "rendering", "bounded_json"},
+    {"runtime"},  # the server loop: events.publish_sync hands events to it
+    {"models", "errors", "events", "rendering", "bounded_json"},
     {"tree", "access", "audit"},
     {"images", "usage", "sharing", "documents"},
     {"answers"},

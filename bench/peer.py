@@ -83,6 +83,7 @@ from bench.relay import (  # noqa: E402  (after the path fix above)
     _tags_of,
     can_pin,
     cpu_seconds,
+    event_payloads,
     free_port,
     parse_args,
     process_tree,
@@ -377,14 +378,10 @@ class Run:
 
 
 def _texts(event: bytes, dialect: str) -> tuple[list[str], bool]:
+    """The answer text in one SSE event, in Cloudflare's or OpenAI's dialect; whether [DONE]."""
+    payloads, done = event_payloads(event)
     texts: list[str] = []
-    for line in event.split(b"\n"):
-        if not line.startswith(b"data:"):
-            continue
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            return texts, True
-        payload = json.loads(data)
+    for payload in payloads:
         if dialect == "cloudflare":
             text = payload.get("response")
         else:
@@ -392,7 +389,7 @@ def _texts(event: bytes, dialect: str) -> tuple[list[str], bool]:
             text = (choices[0].get("delta") or {}).get("content")
         if isinstance(text, str) and text:
             texts.append(text)
-    return texts, False
+    return texts, done
 
 
 async def _chunks(http: httpx.AsyncClient, target: Target, body: dict[str, Any]

@@ -10,7 +10,7 @@ from ipaddress import (
     ip_address,
     ip_network,
 )
-from typing import Any
+from typing import Any, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
@@ -40,17 +40,25 @@ _CSP = "; ".join(
 _CSP_ADMIN = _CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
 
 
-class _SyncAndAsync:
-    """Both sync and async capable, so async views (the API) avoid a thread hop per request."""
+class _BothModes:
+    """A middleware both sync and async capable: it runs in the mode of the chain around it."""
 
     sync_capable = True
     async_capable = True
+    is_async = False
+
+    def _take_mode(self, get_response: Any) -> None:
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(cast(Any, self))  # a callable instance
+
+
+class _SyncAndAsync(_BothModes):
+    """Both sync and async capable, so async views (the API) avoid a thread hop per request."""
 
     def __init__(self, get_response: Any) -> None:
         self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
+        self._take_mode(get_response)
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
@@ -141,7 +149,7 @@ class FirstAdminMiddleware(_SyncAndAsync):
         return None
 
 
-class StaticFilesMiddleware(WhiteNoiseMiddleware):
+class StaticFilesMiddleware(_BothModes, WhiteNoiseMiddleware):
     """WhiteNoise, async-capable.
 
     WhiteNoise is sync only, and one sync middleware in an async chain costs every request two
@@ -150,14 +158,9 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
     lookup is a dictionary read; only a file actually served goes through a thread.
     """
 
-    sync_capable = True
-    async_capable = True
-
     def __init__(self, get_response: Any) -> None:
         super().__init__(get_response)
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
+        self._take_mode(get_response)
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:

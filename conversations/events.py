@@ -16,12 +16,10 @@ hot ones (deltas, rendered blocks) are compact JSON arrays, every other one an o
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import uuid
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from conversations import runtime
@@ -186,25 +184,17 @@ def publish_sync(group: str, event: Event) -> None:
     load (64 messages posted within a second while 64 answers stream) that wait was a large part
     of each POST's time (issue 16). Events handed over go out in the order they were handed
     over. Elsewhere (a worker, a command, tests without a server) it runs to completion here."""
-    loop = runtime.server_loop()
-    if loop is None:
-        async_to_sync(publish)(group, event)
-        return
-    loop.call_soon_threadsafe(_publish_in_order, group, event)
+    runtime.submit(_publish_in_order, group, event)
 
 
-_tail: asyncio.Task[None] | None = None  # the last event handed over, on the server loop
+_tail: asyncio.Task[Any] | None = None  # the last event handed over
 
 
-def _publish_in_order(group: str, event: Event) -> None:
+async def _publish_in_order(group: str, event: Event) -> None:
+    # Handed-over tasks take their first step in the order they were submitted, so each takes
+    # its place behind the one before and waits for it: the layer may suspend mid-send.
     global _tail
-    # A fresh context: this callback runs in the handing thread's (a request's), which the
-    # task must not keep (asgiref refuses thread-sensitive calls once a request has ended).
-    _tail = asyncio.get_running_loop().create_task(_after(_tail, group, event),
-                                                   context=contextvars.Context())
-
-
-async def _after(previous: asyncio.Task[None] | None, group: str, event: Event) -> None:
+    previous, _tail = _tail, asyncio.current_task()
     if previous is not None and not previous.done():
         await asyncio.wait({previous})
     await publish(group, event)

@@ -16,7 +16,7 @@ from conversations.models import Conversation, Message
 # The active branch, walked upwards from a message in the database itself, one row per step;
 # `counted` counts the rows below the seq bound so the walk stops once a page is filled: the
 # cost follows the page shown, not the conversation's length.
-_PATH_SQL = """
+_WALK = """
 WITH RECURSIVE path(id, parent_id, seq, counted) AS (
     SELECT id, parent_id, seq, CASE WHEN seq < %(bound)s THEN 1 ELSE 0 END
     FROM conversations_message WHERE id = %(start)s AND conversation_id = %(conversation)s
@@ -26,7 +26,13 @@ WITH RECURSIVE path(id, parent_id, seq, counted) AS (
     FROM conversations_message m JOIN path p ON m.id = p.parent_id
     WHERE p.counted <= %(limit)s
 )
+"""
+_PATH_SQL = _WALK + """
 SELECT id, parent_id, seq FROM path WHERE seq < %(bound)s ORDER BY seq DESC LIMIT %(rows)s
+"""
+# The same walk, unbounded, returning the branch's full rows in the same statement.
+_BRANCH_SQL = _WALK + """
+SELECT * FROM conversations_message WHERE id IN (SELECT id FROM path) ORDER BY seq
 """
 NO_BOUND = 2**31 - 1
 
@@ -35,16 +41,20 @@ def _as_uuid(value: Any) -> uuid.UUID | None:
     return None if value is None else value if isinstance(value, uuid.UUID) else uuid.UUID(value)
 
 
+def _walk_params(conversation_id: Any, start: Any, bound: int, limit: int) -> dict[str, Any]:
+    pk = Message._meta.pk
+    assert pk is not None
+    return {"bound": bound, "limit": limit,
+            "start": pk.get_db_prep_value(start, connection),
+            "conversation": pk.get_db_prep_value(conversation_id, connection)}
+
+
 def path_up(conversation: Conversation, start: uuid.UUID, *, bound: int,
              limit: int | None) -> list[tuple[uuid.UUID, uuid.UUID | None]]:
     """(id, parent id) of the branch ending at `start`, oldest first: the last `limit` (or all)
     of its messages whose seq is below `bound`."""
-    pk = Message._meta.pk
-    assert pk is not None
     rows = NO_BOUND if limit is None else limit
-    params = {"bound": bound, "start": pk.get_db_prep_value(start, connection),
-              "conversation": pk.get_db_prep_value(conversation.pk, connection),
-              "limit": rows, "rows": rows + 1}
+    params = {**_walk_params(conversation.pk, start, bound, rows), "rows": rows + 1}
     with connection.cursor() as cursor:
         cursor.execute(_PATH_SQL, params)
         found = [(_as_uuid(mid), _as_uuid(parent)) for mid, parent, _seq in cursor.fetchall()]
@@ -59,27 +69,12 @@ def path_up_ids(conversation_id: uuid.UUID, start: uuid.UUID
     return path_up(conversation, start, bound=NO_BOUND, limit=None)
 
 
-# The whole branch above a message as full rows, in one statement (the walk and the rows).
-_BRANCH_SQL = """
-WITH RECURSIVE path(id, parent_id) AS (
-    SELECT id, parent_id FROM conversations_message
-    WHERE id = %(start)s AND conversation_id = %(conversation)s
-  UNION ALL
-    SELECT m.id, m.parent_id FROM conversations_message m JOIN path p ON m.id = p.parent_id
-)
-SELECT * FROM conversations_message WHERE id IN (SELECT id FROM path) ORDER BY seq
-"""
-
-
 def history_for(assistant: Message) -> list[Message]:
     """The messages a model sees for this answer: the branch up to its user prompt, oldest
     first, read once (the answer core hands it on instead of walking the branch again)."""
     if assistant.parent_id is None:
         return []
-    pk = Message._meta.pk
-    assert pk is not None
-    params = {"start": pk.get_db_prep_value(assistant.parent_id, connection),
-              "conversation": pk.get_db_prep_value(assistant.conversation_id, connection)}
+    params = _walk_params(assistant.conversation_id, assistant.parent_id, NO_BOUND, NO_BOUND)
     return list(Message.objects.raw(_BRANCH_SQL, params))
 
 

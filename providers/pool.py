@@ -7,10 +7,11 @@ kept for the life of the server's loop keeps its connections alive between answe
 keep-alive), and a Qianfan token fetch rides the same pool.
 
 httpx clients belong to the event loop that opened their connections, so the pool is per loop,
-and only loops that live as long as the process are pooled: the ASGI server's loop adopts itself
-(`keep_warm()`, called by chatsite/asgi.py on its first request) and a worker process's
-persistent loop does the same. Short-lived loops (`asyncio.run`, `async_to_sync`) get a private
-client that their caller closes, as before: a pooled client there would outlive its loop.
+and only loops that live as long as the process are pooled: the ASGI server's loop, once
+`conversations.runtime.capture` takes it on the first request, and a Celery worker child's
+persistent loop (`conversations/answers/tasks.py`) each call `keep_warm()`. Short-lived loops
+(`asyncio.run`, `async_to_sync`) get a private client that their caller closes, as before: a
+pooled client there would outlive its loop.
 
 A client is replaced when its configuration changes (base URL, keys, timeouts): the fingerprint
 is a hash, so the pool holds no key in clear beyond what the client itself sends.
@@ -94,7 +95,7 @@ async def aclose_all() -> None:
 
 
 def pooled_clients() -> int:
-    """How many clients this loop holds (for tests and /healthz-style diagnostics)."""
+    """How many clients this loop holds (tests)."""
     loop = _running_warm_loop()
     return len(_pools.get(loop, {})) if loop is not None else 0
 

@@ -22,8 +22,6 @@ from django.db.backends.sqlite3 import base
 from django.db.utils import OperationalError
 
 _WRITE_LOCK = threading.Lock()
-
-
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 
 
@@ -34,24 +32,25 @@ class DatabaseWrapper(base.DatabaseWrapper):
         super().__init__(*args, **kwargs)
         self.execute_wrappers.append(self._queue_autocommit_write)
 
-    def _lock_timeout(self) -> float:
-        return float(self.settings_dict.get("OPTIONS", {}).get("timeout", 5))
+    def _acquire_write_lock(self) -> None:
+        """Wait as long as SQLite's busy timeout would, then fail as SQLite would."""
+        timeout = float(self.settings_dict.get("OPTIONS", {}).get("timeout", 5))
+        if not _WRITE_LOCK.acquire(timeout=timeout):
+            raise OperationalError("database is locked")
 
     def _queue_autocommit_write(self, execute: Any, sql: str, params: Any, many: bool,
                                 context: Any) -> Any:
         if self._holds_write_lock or self.in_atomic_block or not sql.lstrip()[:7].upper(
                 ).startswith(_WRITES):
             return execute(sql, params, many, context)
-        if not _WRITE_LOCK.acquire(timeout=self._lock_timeout()):
-            raise OperationalError("database is locked")
+        self._acquire_write_lock()
         try:
             return execute(sql, params, many, context)
         finally:
             _WRITE_LOCK.release()
 
     def _start_transaction_under_autocommit(self) -> None:
-        if not _WRITE_LOCK.acquire(timeout=self._lock_timeout()):
-            raise OperationalError("database is locked")
+        self._acquire_write_lock()
         self._holds_write_lock = True
         try:
             super()._start_transaction_under_autocommit()  # type: ignore[misc]  # not in stubs

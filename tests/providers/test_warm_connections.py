@@ -72,14 +72,19 @@ async def answer_many(config: ProviderConfig, model: str, count: int,
     return texts
 
 
+def cf_posts(server: EmulatorServer, count: int, **headers: str) -> list[httpx.Response]:
+    """`count` plain Cloudflare calls to `server` in a row, through one httpx client."""
+    config = configs_for(server)["cloudflare"]
+    url = f"{config.base_url}/accounts/{config.credentials['account_id']}/ai/run/{CF_TEXT_MODEL}"
+    auth = {"Authorization": f"Bearer {config.credentials['api_token']}", **headers}
+    with httpx.Client() as http:
+        return [http.post(url, json={"prompt": f"Hi {i}"}, headers=auth) for i in range(count)]
+
+
 # --- the emulator -------------------------------------------------------------------------------
 def test_the_emulator_serves_many_requests_on_one_kept_alive_connection(
-        emulator: EmulatorServer, provider_configs: dict[str, ProviderConfig]) -> None:
-    config = provider_configs["cloudflare"]
-    url = f"{config.base_url}/accounts/{config.credentials['account_id']}/ai/run/{CF_TEXT_MODEL}"
-    headers = {"Authorization": f"Bearer {config.credentials['api_token']}"}
-    with httpx.Client() as http:
-        replies = [http.post(url, json={"prompt": f"Hi {i}"}, headers=headers) for i in range(5)]
+        emulator: EmulatorServer) -> None:
+    replies = cf_posts(emulator, 5)
     assert [r.status_code for r in replies] == [200] * 5
     assert all(r.headers.get("connection") != "close" for r in replies)
     assert emulator.connections("cloudflare") == 1 and emulator.calls("cloudflare") == 5
@@ -88,23 +93,13 @@ def test_the_emulator_serves_many_requests_on_one_kept_alive_connection(
 def test_with_keep_alive_off_the_emulator_closes_after_every_response(
         closing_server: EmulatorServer) -> None:
     closing_server.reset()
-    config = configs_for(closing_server)["cloudflare"]
-    url = f"{config.base_url}/accounts/{config.credentials['account_id']}/ai/run/{CF_TEXT_MODEL}"
-    headers = {"Authorization": f"Bearer {config.credentials['api_token']}"}
-    with httpx.Client() as http:
-        replies = [http.post(url, json={"prompt": f"Hi {i}"}, headers=headers) for i in range(3)]
+    replies = cf_posts(closing_server, 3)
     assert [r.headers.get("connection") for r in replies] == ["close"] * 3
     assert closing_server.connections("cloudflare") == 3
 
 
-def test_a_request_asking_to_close_gets_its_connection_closed(
-        emulator: EmulatorServer, provider_configs: dict[str, ProviderConfig]) -> None:
-    config = provider_configs["cloudflare"]
-    url = f"{config.base_url}/accounts/{config.credentials['account_id']}/ai/run/{CF_TEXT_MODEL}"
-    headers = {"Authorization": f"Bearer {config.credentials['api_token']}",
-               "Connection": "close"}
-    with httpx.Client() as http:
-        replies = [http.post(url, json={"prompt": "Hi"}, headers=headers) for _ in range(2)]
+def test_a_request_asking_to_close_gets_its_connection_closed(emulator: EmulatorServer) -> None:
+    replies = cf_posts(emulator, 2, Connection="close")
     assert [r.headers.get("connection") for r in replies] == ["close", "close"]
     assert emulator.connections("cloudflare") == 2
 

@@ -168,7 +168,7 @@ def test_a_conversation_being_answered_is_not_deleted_mid_answer(owner: Any) -> 
     report = apply_retention(now=NOW)
     assert alive(busy) == [True] and report.busy == 1
     # The answer finishes now (the runner saves the message): that is activity too.
-    Message.objects.filter(conversation=busy, status=MessageStatus.QUEUED).update(
+    Message.objects.filter(conversation=busy, status=MessageStatus.STREAMING).update(
         status=MessageStatus.COMPLETE, updated_at=NOW)
     apply_retention(now=NOW + 29 * DAY)
     assert alive(busy) == [True]

@@ -25,6 +25,7 @@ from django.utils import translation
 
 from chatsite.celery import app as celery_app
 from conversations import runtime
+from conversations.answers import runner
 from conversations.answers.reaper import reap_stale, reaper_loop
 from conversations.answers.runner import run_generation
 from conversations.answers.tasks import generate_answer
@@ -45,7 +46,29 @@ def start(message: Message) -> None:
     if settings.REDIS_URL and model is not None and model.vision:
         generate_answer.delay(str(message.pk), language)
         return
-    runtime.submit(run_generation, message.pk, language, _for_runner(message))
+    handed = _for_runner(message)
+    if runtime.server_loop() is None or _on_a_loop():
+        runtime.submit(run_generation, message.pk, language, handed)
+        return
+    # In a server, the posting thread claims the answer and builds its request (a few ms of
+    # database reads it would otherwise queue for on the loop's thread pool, beside the reply
+    # being rendered): the loop then calls the vendor at once (issue 16).
+    try:
+        job = runner.claim(message.pk, handed)
+    except Exception:  # the database went away: the loop tries again, the reaper after it
+        log.warning("could not claim answer %s in the request; the loop will", message.pk,
+                    exc_info=True)
+        runtime.submit(run_generation, message.pk, language, handed)
+        return
+    runtime.submit(runner.run_claimed, job, language)
+
+
+def _on_a_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True  # no database calls here: the job claims on the loop's thread pool
 
 
 def _for_runner(message: Message) -> Message:

@@ -77,8 +77,7 @@ class NotPrepared:
     event: events.Event
 
 
-@off_loop
-def _claim(message_id: uuid.UUID, handed: Message | None = None) -> Job | NotPrepared | None:
+def claim(message_id: uuid.UUID, handed: Message | None = None) -> Job | NotPrepared | None:
     """queued -> streaming, exactly once (a redelivered job finds nothing to claim).
 
     Returns the job, None when there is nothing to do, or the final state event of an answer
@@ -143,18 +142,26 @@ def _with_fallbacks(job: Job) -> Job:
     return replace(job, request=shaped.request, sources=shaped.sources, fallbacks=tuple(rest))
 
 
+_claim = off_loop(claim)
+
+
 async def run_generation(message_id: uuid.UUID | str, language: str = "",
                          handed: Message | None = None) -> None:
     """Write one queued answer. `language` is the interface language of the person who asked
     (the title written after a first answer follows it when the prompt's is unclear).
     `handed`: the message as the service stored it, read nothing back (jobs.start)."""
-    message_id = uuid.UUID(str(message_id))
-    job = await _claim(message_id, handed)
+    await run_claimed(await _claim(uuid.UUID(str(message_id)), handed), language)
+
+
+async def run_claimed(job: Job | NotPrepared | None, language: str = "") -> None:
+    """Write an answer `claim` returned (jobs.start claims in the posting thread, so that the
+    loop's first act for a new answer is the vendor call)."""
     if job is None:
         return
     if isinstance(job, NotPrepared):  # failed before it started: tell the viewers
         await events.publish(events.conversation_group(job.conversation_id), job.event)
         return
+    message_id = job.message.pk
     generation = Generation(job, language)
     _running[message_id] = generation
     try:

@@ -153,6 +153,7 @@ def _report(found: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.timeout(400)  # every page, both themes and languages: a minute here, two on CI
 def test_no_serious_or_critical_violation_on_any_page(
         live_app: Any, emulated: Any, browser: Any, admin_user: Any, axe_path: Path) -> None:
     started = time.monotonic()

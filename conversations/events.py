@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-import weakref
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -188,21 +187,20 @@ def publish_sync(group: str, event: Event) -> None:
     runtime.submit(_publish_in_order, group, event)
 
 
-# The last event handed over, per loop. Without a server loop every caller runs its own short
-# loop (async_to_sync, in parallel request threads): a task of another loop is never waited
-# for, since its completion would never wake this one (the CI hang of 2026-12-06).
-_tails: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[Any]] = (
-    weakref.WeakKeyDictionary())
+_tail: asyncio.Task[Any] | None = None  # the last event handed over to the server loop
 
 
 async def _publish_in_order(group: str, event: Event) -> None:
+    global _tail
+    if asyncio.get_running_loop() is not runtime.server_loop():
+        # A short loop of its own (async_to_sync, no server): the caller waits for this very
+        # publish, so its order is the caller's. Waiting for a task of another loop would never
+        # wake (the CI hang of 2026-12-06).
+        await publish(group, event)
+        return
     # Handed-over tasks take their first step in the order they were submitted, so each takes
     # its place behind the one before and waits for it: the layer may suspend mid-send.
-    loop = asyncio.get_running_loop()
-    previous = _tails.get(loop)
-    current = asyncio.current_task()
-    if current is not None:
-        _tails[loop] = current
+    previous, _tail = _tail, asyncio.current_task()
     if previous is not None and not previous.done():
         await asyncio.wait({previous})
     await publish(group, event)

@@ -66,14 +66,18 @@ def submit(func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
     if loop is None:
         async_to_sync(func)(*args)
         return
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if running is loop:
+    if running_loop() is loop:
         _spawn(func(*args))
     else:
         loop.call_soon_threadsafe(lambda: _spawn(func(*args)))
+
+
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The loop running in this thread, if any (code on it must not block on the database)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def spawn(coro: Coroutine[Any, Any, Any]) -> None:

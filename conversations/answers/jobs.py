@@ -47,7 +47,8 @@ def start(message: Message) -> None:
         generate_answer.delay(str(message.pk), language)
         return
     handed = _for_runner(message)
-    if runtime.server_loop() is None or _on_a_loop():
+    if runtime.server_loop() is None or runtime.running_loop() is not None:
+        # No server (inline), or called on a loop: the claim runs on the loop's thread pool.
         runtime.submit(run_generation, message.pk, language, handed)
         return
     # In a server, the posting thread claims the answer and builds its request (a few ms of
@@ -61,14 +62,6 @@ def start(message: Message) -> None:
         runtime.submit(run_generation, message.pk, language, handed)
         return
     runtime.submit(runner.run_claimed, job, language)
-
-
-def _on_a_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True  # no database calls here: the job claims on the loop's thread pool
 
 
 def _for_runner(message: Message) -> Message:

@@ -312,7 +312,8 @@ class Session:
 
     async def open_socket(self, index: int) -> Slot:
         async with self.gate:
-            slot = await Slot.open(self.apps[index], self.conversations[index])
+            slot = await Slot.open(self.apps[index], self.conversations[index],
+                                   compression=self.cfg.ws_compression)
         await asyncio.wait_for(slot.hello.wait(), 60)
         if slot.closed:
             raise RuntimeError(f"socket of user {index} closed during the handshake")
@@ -349,7 +350,7 @@ class Session:
             async with asyncio.timeout(timeout):
                 while True:
                     frames = slot.log
-                    if any(isinstance(f, list) and f[:2] == ["d", seq] for _t, _s, f in
+                    if any(isinstance(f, list) and f[:2] == ["d", seq] for _t, _w, _s, f in
                            frames[seen:]):
                         return
                     seen = len(frames)
@@ -558,11 +559,13 @@ async def measure(stack: MemoryStack, cfg: Config, plan: Plan, log: Log,
     return out
 
 
-def stack_config(users: int, var_dir: Path, quick: bool) -> Config:
+def stack_config(users: int, var_dir: Path, quick: bool,
+                 ws_compression: str = "deflate") -> Config:
     """relay's Config for `users` signed-in users on relay's embedded stack (SQLite, no
     worker, no PostgreSQL); Redis mode is added by MemoryStack.env, on our own DB."""
     cfg = parse_args(["--k", str(users), "--var-dir", str(var_dir), "--arms", "A0,A1",
-                      "--stack", "embedded", *(["--quick"] if quick else [])])
+                      "--stack", "embedded", "--ws-compression", ws_compression,
+                      *(["--quick"] if quick else [])])
     # Never let relay's Redis stack start here: it would FLUSHDB relay's Redis database and
     # drop its PostgreSQL database.
     if getattr(cfg, "redis", False) or getattr(cfg, "worker_concurrency", 0):
@@ -571,9 +574,9 @@ def stack_config(users: int, var_dir: Path, quick: bool) -> Config:
 
 
 def run_mode(mode: str, plan: Plan, quick: bool, stamp: str, log: Log,
-             redis_url: str = REDIS_URL) -> dict[str, Any]:
+             redis_url: str = REDIS_URL, ws_compression: str = "deflate") -> dict[str, Any]:
     var_dir = RESULTS / ("var-memory-redis" if mode == "redis" else "var-memory")
-    cfg = stack_config(plan.users, var_dir, quick)
+    cfg = stack_config(plan.users, var_dir, quick, ws_compression)
     client: redis_lib.Redis | None = None
     if mode == "redis":
         client = redis_lib.Redis.from_url(redis_url)
@@ -714,7 +717,7 @@ def _stderr(message: str) -> None:
 
 
 def run(quick: bool = False, redis: bool = True, *, redis_url: str = REDIS_URL,
-        json_path: Path | None = None) -> dict[str, Any]:
+        json_path: Path | None = None, ws_compression: str = "deflate") -> dict[str, Any]:
     """Both modes (embedded, then Redis unless redis=False); writes
     bench/results/memory-<UTC time>.json and returns the report (its path in "json").
 
@@ -728,7 +731,7 @@ def run(quick: bool = False, redis: bool = True, *, redis_url: str = REDIS_URL,
     t0 = time.monotonic()
     modes: dict[str, Any] = {}
     for mode in ("embedded", "redis") if redis else ("embedded",):
-        modes[mode] = run_mode(mode, plan, quick, stamp, _stderr, redis_url)
+        modes[mode] = run_mode(mode, plan, quick, stamp, _stderr, redis_url, ws_compression)
     path = json_path or RESULTS / f"memory-{stamp}.json"
     report = {
         "benchmark": "memory", "started": stamp, "quick": quick, "plan": asdict(plan),
@@ -759,11 +762,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--redis-url", default=REDIS_URL,
                         help=f"REDIS_URL of the Redis mode; DB 13 only, it is flushed "
                              f"(default {REDIS_URL})")
+    parser.add_argument("--ws-compression", choices=("deflate", "none"), default="deflate",
+                        help="what the sockets offer: permessage-deflate, as browsers do "
+                             "(default), or nothing")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_exit)
     try:
         report = run(quick=args.quick, redis=not args.no_redis, redis_url=args.redis_url,
-                     json_path=args.json.resolve() if args.json else None)
+                     json_path=args.json.resolve() if args.json else None,
+                     ws_compression=args.ws_compression)
     except (RuntimeError, redis_lib.RedisError) as exc:
         _stderr(f"memory benchmark failed: {exc}")
         return 1

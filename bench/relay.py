@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import fcntl
 import hashlib
@@ -58,6 +59,9 @@ import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+from websockets.frames import Frame as WsFrame
+from websockets.frames import Opcode
 from websockets.typing import Origin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,6 +167,7 @@ class Config:
     worker_concurrency: int = 0  # 0: no worker
     redis_url: str = REDIS_URL
     database_url: str = PG_URL
+    ws_compression: str = "deflate"  # what the client offers: "deflate" (as browsers) or "none"
 
     @property
     def window(self) -> float:
@@ -233,6 +238,9 @@ def _parser() -> argparse.ArgumentParser:
                                      "as one burst (default 1.0; quick 0.2; 0 = burst)")
     add("--window-ms", type=int, default=100,
         help="the app's coalescing window (sets STREAM_COALESCE_MS; default 100 as the app)")
+    add("--ws-compression", choices=("deflate", "none"), default="deflate",
+        help="what the websocket client offers: permessage-deflate, as every browser does "
+             "(default), or nothing (wire bytes are then the frames' text)")
     add("--timeout", type=float,
         help="per-stream limit, s (default: ttft + tokens/rate + spread + 30)")
     add("--model", default="llama-3.2-3b", help="text model slug of A1 (a Cloudflare one)")
@@ -306,7 +314,7 @@ def parse_args(argv: Sequence[str] | None = None, *,
         var_dir=args.var_dir.resolve(), pin=not args.no_pin, arms=arms, stack=stack,
         vision_model=args.vision_model, capacity=bool(args.capacity), k_max=args.k_max,
         worker_pool=args.worker_pool, worker_concurrency=workers, redis_url=args.redis_url,
-        database_url=args.database_url,
+        database_url=args.database_url, ws_compression=args.ws_compression,
     )
 
 
@@ -643,9 +651,11 @@ class StreamResult:
     t_upstream: float | None = None  # the emulator received the model call (its recording)
     arrivals: list[float] = field(default_factory=list)  # per token: when it was readable here
     ts: list[float] = field(default_factory=list)  # A0: the emulator's "ts" per token
-    wire_bytes: int = 0  # A1, A2: websocket payload bytes; A0: SSE body bytes
+    wire_bytes: int = 0  # A1, A2: websocket payload bytes on the wire; A0: SSE body bytes
+    payload_bytes: int = 0  # A1, A2: the frames' text (what the wire carries when uncompressed)
     frames: int = 0  # A1, A2: websocket frames; A0: HTTP chunks
     wire_by_kind: dict[str, int] = field(default_factory=dict)  # A1, A2: "d", "b", "other"
+    payload_by_kind: dict[str, int] = field(default_factory=dict)  # the same, uncompressed
     stream_frames: int = 0  # frames from the first token to the end of the answer
     frame_span: float | None = None  # first to last frame carrying the answer, s
 
@@ -850,7 +860,31 @@ class AppClient:
                                           "attachments": list(attachments)})
 
 
-Frame = tuple[float, int, Any]  # arrival time, payload bytes, decoded JSON
+Frame = tuple[float, int, int, Any]  # arrival, bytes on the wire, bytes of text, decoded JSON
+
+
+class _CountingDeflate(ClientPerMessageDeflateFactory):
+    """websockets' permessage-deflate offer, with the extension it agrees recording the
+    compressed size of every data message it inflates (one entry per message, in order)."""
+
+    def __init__(self, sizes: collections.deque[int]) -> None:
+        super().__init__(client_max_window_bits=True, compress_settings={"memLevel": 5})
+        self.sizes = sizes
+
+    def process_response_params(self, params: Any, accepted: Any) -> Any:
+        extension = super().process_response_params(params, accepted)
+        original, sizes, partial = extension.decode, self.sizes, [0]
+
+        def decode(frame: WsFrame, *, max_size: int | None = None) -> WsFrame:
+            if frame.opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
+                partial[0] += len(frame.data)
+                if frame.fin:
+                    sizes.append(partial[0])
+                    partial[0] = 0
+            return original(frame, max_size=max_size)
+
+        extension.decode = decode  # type: ignore[method-assign]
+        return extension
 
 
 class Slot:
@@ -867,6 +901,7 @@ class Slot:
         self.acked = 0
         self.recording = False
         self.log: list[Frame] = []
+        self.wire: collections.deque[int] = collections.deque()  # per message, when compressed
         self.terminal: dict[int, str] = {}
         self.active: set[int] = set()
         self.hello = asyncio.Event()
@@ -875,13 +910,20 @@ class Slot:
         self.reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def open(cls, app: AppClient, conversation: str, tag: str = "") -> Slot:
+    async def open(cls, app: AppClient, conversation: str, tag: str = "",
+                   compression: str = "deflate") -> Slot:
+        """`compression="deflate"` offers permessage-deflate as browsers do (websockets' own
+        offer); each message's compressed payload size is then recorded as it is inflated."""
         base = app.base_url.replace("http://", "ws://", 1)
+        sizes: collections.deque[int] = collections.deque()
+        extensions = [_CountingDeflate(sizes)] if compression == "deflate" else None
         ws = await connect(f"{base}/ws/c/{conversation}/", origin=Origin(app.base_url),
                            additional_headers={"Cookie": app.cookie},
-                           compression=None, max_size=2**24, ping_interval=None,
-                           open_timeout=60)
-        return cls(app, conversation, ws, tag)
+                           compression=None, extensions=extensions, max_size=2**24,
+                           ping_interval=None, open_timeout=60)
+        slot = cls(app, conversation, ws, tag)
+        slot.wire = sizes
+        return slot
 
     async def _read(self) -> None:
         try:
@@ -889,10 +931,11 @@ class Slot:
                 raw = await self.ws.recv(decode=False)
                 now = time.monotonic()
                 size = len(raw)
+                wire = self.wire.popleft() if self.ws.protocol.extensions else size
                 self.received += size
                 frame = json.loads(raw)
                 if self.recording:
-                    self.log.append((now, size, frame))
+                    self.log.append((now, wire, size, frame))
                 if isinstance(frame, dict):
                     self._on_object(frame)
                 if self.received - self.acked >= ACK_EVERY:
@@ -941,7 +984,7 @@ async def open_slot(app: AppClient, cfg: Config, model: str, tag: str) -> Slot:
     """A new conversation, its short first answer finished and its websocket open."""
     text = cfg.prompt(tag, "[[emu:tokens n=12 ttft=0]]")
     conversation = await app.new_conversation(model, text)
-    slot = await Slot.open(app, conversation, tag)
+    slot = await Slot.open(app, conversation, tag, cfg.ws_compression)
     try:
         await asyncio.wait_for(slot.hello.wait(), 60)
         await asyncio.wait_for(slot.wait_terminal(slot.active), 60)
@@ -1009,14 +1052,16 @@ async def run_app(slot: Slot, cfg: Config, res: StreamResult, answer: Answer,
 
 def _analyse_app(res: StreamResult, frames: list[Frame], seq: int, answer: Answer) -> None:
     """Deltas -> per-token arrival; bytes and frames; text and offsets checked."""
-    res.wire_bytes = sum(size for _t, size, _f in frames)
+    res.wire_bytes = sum(wire for _t, wire, _s, _f in frames)
+    res.payload_bytes = sum(size for _t, _w, size, _f in frames)
     res.frames = len(frames)
     pieces: list[str] = []
     ends: list[tuple[float, int]] = []
     expected = 0
-    for now, size, frame in frames:
+    for now, wire, size, frame in frames:
         kind = frame[0] if isinstance(frame, list) and frame[0] in ("d", "b") else "other"
-        res.wire_by_kind[kind] = res.wire_by_kind.get(kind, 0) + size
+        res.wire_by_kind[kind] = res.wire_by_kind.get(kind, 0) + wire
+        res.payload_by_kind[kind] = res.payload_by_kind.get(kind, 0) + size
         if ends:
             res.stream_frames += 1
         if isinstance(frame, list) and frame[:2] == ["d", seq]:
@@ -1044,7 +1089,8 @@ def _analyse_app(res: StreamResult, frames: list[Frame], seq: int, answer: Answe
 
 
 def delivered_text(frames: list[Frame], seq: int) -> str:
-    return "".join(str(f[3]) for _t, _s, f in frames if isinstance(f, list) and f[:2] == ["d", seq])
+    return "".join(str(f[3]) for _t, _w, _s, f in frames
+                   if isinstance(f, list) and f[:2] == ["d", seq])
 
 
 def _token_arrivals(ends: list[tuple[float, int]], token_ends: Sequence[int]) -> list[float]:
@@ -1372,6 +1418,9 @@ def summarise(cfg: Config, arm: str, batches: list[Batch], answer: Answer) -> di
         "text_bytes": answer.text_bytes * len(good),
         "wire_per_text_byte": _ratio(sum(s.wire_bytes for s in good),
                                      answer.text_bytes * len(good)),
+        "payload_per_text_byte": _ratio(sum(s.payload_bytes for s in good),
+                                        answer.text_bytes * len(good)),
+        "ws_compression": cfg.ws_compression,
         "frames_per_s": {"p50": _round(quantile(fps, 0.5)), "max": _round(max(fps, default=0))},
         "delivered_rate": {"p50": _round(quantile(rates, 0.5)), "p5": _round(rate_p5),
                            "min": _round(min(rates, default=0))},
@@ -1399,12 +1448,14 @@ def summarise(cfg: Config, arm: str, batches: list[Batch], answer: Answer) -> di
         out["emulator_lateness_ms"] = _dist_ms([t - _due(s, cfg, i) for s in good
                                                 for i, t in enumerate(s.ts)])
         return out
-    kinds: dict[str, int] = {}
-    for s in good:
-        for kind, size in s.wire_by_kind.items():
-            kinds[kind] = kinds.get(kind, 0) + size
-    out["wire_per_text_byte_by_kind"] = {kind: _ratio(size, answer.text_bytes * len(good))
-                                         for kind, size in sorted(kinds.items())}
+    for name in ("wire", "payload"):
+        kinds: dict[str, int] = {}
+        for s in good:
+            for kind, size in getattr(s, f"{name}_by_kind").items():
+                kinds[kind] = kinds.get(kind, 0) + size
+        out[f"{name}_per_text_byte_by_kind"] = {
+            kind: _ratio(size, answer.text_bytes * len(good))
+            for kind, size in sorted(kinds.items())}
     out["post_response_ms"] = _dist_ms([s.t_response - s.t_send for s in good
                                         if s.t_response is not None])
     out["post_to_upstream_ms"] = _dist_ms([s.t_upstream - s.t_send for s in good

@@ -36,8 +36,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-STEPS = ("relay", "ttft", "ttft-redis", "load", "capacity", "bare", "connections", "memory",
-         "pages")
+STEPS = ("relay", "ttft", "ttft-redis", "load", "capacity", "bare", "connections", "wire",
+         "memory", "pages")
 # The stream the CPU comparison runs, the same in the app's arm (load) and the bare relay.
 CPU_STREAM = {"full": ["--tokens", "500", "--rate", "50"], "quick": ["--tokens", "60",
                                                                       "--rate", "50"]}
@@ -70,6 +70,7 @@ def _argv(step: str, quick: bool, out: Path) -> list[str]:
         "bare": [*py, "bench/bare_relay.py", "--client", "httpx,raw", "--k",
                  CPU_KS[size], "--spread", "1", *CPU_STREAM[size]],
         "connections": [*py, "bench/connections.py", "--answers", "50"],
+        "wire": [*py, "bench/wire.py", "--answers", "1" if quick else "2"],
         "memory": [*py, "bench/memory.py", *quick_flag],
         "pages": [*py, "bench/pages.py", *quick_flag],
     }[step] + ["--json", str(out)]
@@ -186,14 +187,27 @@ def connections_row(conn: Any) -> Row:
             _fmt(new), "<= 2", None if new is None else new <= 2)
 
 
-def wire_rows(relay: Any) -> list[Row]:
+def wire_rows(relay: Any, wire_step: Any) -> list[Row]:
+    """The relay's streams (the emulator's filler, the client offering deflate as browsers
+    do), then bench/wire.py's realistic answer; uncompressed figures are shown, not judged:
+    they are what a client that offers no compression receives."""
     rows: list[Row] = []
+    offer = _get(_level(relay, 1), "arms", "A1", "ws_compression") or "-"
     for arm in ("A1", "A2"):
         wire = _get(_level(relay, 1), "added_by_arm", arm, "wire_per_text_byte")
         if wire is None and arm == "A2":
             continue
-        rows.append((f"wire bytes per text byte, {arm}, K=1 ({_stream_note(relay)})",
+        rows.append((f"wire bytes per text byte, {arm}, K=1, client offers {offer} "
+                     f"({_stream_note(relay)})",
                      _fmt(wire, "", 2), "<= 3", None if wire is None else wire <= 3))
+    for key, label in (("prose/deflate", "a realistic Markdown answer, client offers deflate"),
+                       ("prose/none", "the same, client offers no compression"),
+                       ("filler/none", "filler answer, client offers no compression")):
+        value = _get(wire_step, "cells", key, "wire_per_text_byte")
+        judged = key.endswith("/deflate")
+        rows.append((f"wire bytes per text byte, {label} (wire step)", _fmt(value, "", 2),
+                     "<= 3" if judged else "-",
+                     (value <= 3) if judged and value is not None else None))
     return rows
 
 
@@ -237,7 +251,7 @@ def issue16_rows(result: Callable[[str], Any], chosen: Sequence[str]) -> list[Ro
             post_burst_row(result("load")), capacity_row(result("capacity"))]
     rows += cpu_rows(result("load"), result("bare"))
     rows.append(connections_row(result("connections")))
-    rows += wire_rows(result("relay"))
+    rows += wire_rows(result("relay"), result("wire"))
     rows += peer_rows(*reversed(latest_peer()))
     return rows
 

@@ -17,7 +17,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from chatsite.daphne_tuning import close_instead_of_drop, redact_access_log  # noqa: E402
+from chatsite.daphne_tuning import (  # noqa: E402
+    close_instead_of_drop,
+    compress_websockets,
+    redact_access_log,
+)
 from conversations.answers.drain import install_on_daphne  # noqa: E402
 from conversations.answers.jobs import (  # noqa: E402
     CaptureLoopMiddleware,
@@ -41,5 +45,7 @@ application = CaptureLoopMiddleware(ProtocolTypeRouter(
 if "daphne.cli" in sys.modules:
     start_reaper_thread()
     close_instead_of_drop()
+    if settings.WEBSOCKET_COMPRESSION:
+        compress_websockets()
     redact_access_log()
     install_on_daphne()  # SIGTERM drains the answers in flight (DRAIN_SECONDS)

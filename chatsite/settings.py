@@ -449,6 +449,10 @@ MAX_CONCURRENT_ANSWERS = env_int(ENV, "MAX_CONCURRENT_ANSWERS", 3, minimum=1)
 GENERATED_TITLES = env_bool(ENV, "GENERATED_TITLES", True)
 ALLOW_ANONYMOUS_SHARES = env_bool(ENV, "ALLOW_ANONYMOUS_SHARES", False)
 STREAM_COALESCE_MS = env_int(ENV, "STREAM_COALESCE_MS", 100, minimum=0)
+# Websockets compress their frames (permessage-deflate, RFC 7692) when the client offers it, as
+# every browser does: a rendered block repeats the text its deltas just carried
+# (chatsite/daphne_tuning.py).
+WEBSOCKET_COMPRESSION = env_bool(ENV, "WEBSOCKET_COMPRESSION", True)
 # Writers beat at least every third of this while waiting for a first token.
 GENERATION_STALE_SECONDS = env_int(ENV, "GENERATION_STALE_SECONDS", 45, minimum=5)
 # How often each server process looks for answers whose process went away (from its start on,

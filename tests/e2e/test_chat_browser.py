@@ -246,3 +246,27 @@ def test_on_a_phone_the_list_is_a_drawer_and_the_chat_still_works(live_app: Any,
         assert sidebar.bounding_box()["x"] < 0
     finally:
         context.close()
+
+
+def test_the_browser_takes_its_frames_compressed_and_shows_the_same_answer(chat: Any) -> None:
+    """Chromium offers permessage-deflate on every websocket; the server accepts it, and the
+    streamed answer (deltas and rendered blocks through one compression context) is what a
+    reload shows."""
+    page = chat
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    handshakes: list[dict[str, str]] = []
+    cdp.on("Network.webSocketHandshakeResponseReceived",
+           lambda event: handshakes.append(
+               {k.lower(): v for k, v in event["response"]["headers"].items()}))
+    start_chat(page, "Compress this [[emu:tokens n=80 rate=40]]")
+    wait_status(page, "complete")
+    assert handshakes, "the page opened no websocket"
+    assert all("permessage-deflate" in h.get("sec-websocket-extensions", "")
+               for h in handshakes), handshakes
+    live = last_answer(page).locator(".md").inner_html()
+    seq = int(last_answer(page).get_attribute("data-seq"))
+    page.reload()
+    assert last_answer(page).locator(".md").inner_html() == live
+    assert _stored(seq).status == "complete"
+    assert page.console_errors == []

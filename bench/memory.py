@@ -16,7 +16,7 @@ in-memory channel layer) and, unless --no-redis, again with REDIS_URL on Redis D
    batch of cancelled streams.
 
     .venv/bin/python bench/memory.py              # idle 100..400, active 50..200, 500 cancelled
-    .venv/bin/python bench/memory.py --quick      # small N, under a minute
+    .venv/bin/python bench/memory.py --quick      # small N, under two minutes
     .venv/bin/python bench/memory.py --no-redis   # embedded mode only
 
 Method and metrics: bench/README.md. Targets: docs/performance.md of the shared docs.
@@ -109,7 +109,10 @@ class Plan:
     hold_s: tuple[float, float] = (0.3, 1.5)  # after the first delta, before stop/close
     warm_magic: str = "[[emu:tokens n=12 ttft=0]]"  # one answer per warm-up socket
     settle_max_s: float = 20.0
-    idle_wait_s: float = 1.0  # after the app is quiet, before reading (~2 s from the opens)
+    # After the app is quiet, before reading: past DEFLATE_IDLE_SECONDS (chatsite/
+    # daphne_tuning.py, 10 s), when a quiet socket has given its compressor back, so the figure
+    # is a tab left open, not one just opened (that one holds ~40 KiB more while compressing).
+    idle_wait_s: float = 12.0
     active_wait_s: float = 2.0  # after every stream of a step has delivered text
 
     @property
@@ -121,7 +124,7 @@ FULL = Plan(warm_sockets=10, idle_steps=(100, 200, 300, 400), active_steps=(50, 
             cancel_slots=100, cancel_warmup=50, cancel_total=500)
 QUICK = Plan(warm_sockets=4, idle_steps=(10, 20), active_steps=(5, 10), cancel_slots=10,
              cancel_warmup=10, cancel_total=20, close_magic="[[emu:tokens n=40 rate=20 ttft=0]]",
-             hold_s=(0.2, 0.8), settle_max_s=4.0, idle_wait_s=0.5, active_wait_s=1.0)
+             hold_s=(0.2, 0.8), settle_max_s=4.0, active_wait_s=1.0)
 
 
 class MemoryStack(Stack):
@@ -755,7 +758,7 @@ def _raise_exit(signum: int, _frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/memory.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small N: under a minute")
+    parser.add_argument("--quick", action="store_true", help="small N: under two minutes")
     parser.add_argument("--no-redis", action="store_true", help="embedded mode only")
     parser.add_argument("--json", type=Path,
                         help="output file (default bench/results/memory-<UTC time>.json)")

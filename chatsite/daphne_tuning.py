@@ -18,9 +18,16 @@ Frames are compressed (permessage-deflate) when the client offers it, as every b
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
-from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from autobahn.websocket.compress import (
+    PERMESSAGE_COMPRESSION_EXTENSION,
+    PerMessageDeflate,
+    PerMessageDeflateOffer,
+    PerMessageDeflateOfferAccept,
+)
 from daphne.access import AccessLogGenerator
 from daphne.ws_protocol import WebSocketFactory
 
@@ -33,6 +40,9 @@ CLOSE_HANDSHAKE_SECONDS = 5
 # with bench/wire.py, docs/performance.md).
 DEFLATE_WINDOW_BITS = 12
 DEFLATE_MEM_LEVEL = 5
+# A socket that sent nothing for this long gives its compressor back: most sockets are open
+# pages between answers, and would otherwise each hold those 38 KiB for nothing.
+DEFLATE_IDLE_SECONDS = 10.0
 
 
 def close_instead_of_drop() -> None:
@@ -80,6 +90,41 @@ def accept_deflate(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
     return None
 
 
+class IdleReleasingDeflate(PerMessageDeflate):  # type: ignore[misc]
+    """autobahn's permessage-deflate, whose compressor is freed after DEFLATE_IDLE_SECONDS
+    without a message and made anew for the next one.
+
+    That is always valid: a fresh compressor's output never refers to earlier messages, and
+    the client's decompressor, which keeps its window, inflates it the same (what
+    `server_no_context_takeover` would announce, done only after a quiet spell, so streamed
+    answers keep the whole gain). One timer per socket at most, re-armed when it fires."""
+
+    _last_message = 0.0
+    _release_timer: asyncio.TimerHandle | None = None
+
+    def end_compress_message(self) -> bytes:
+        data: bytes = super().end_compress_message()
+        self._last_message = time.monotonic()
+        if self._release_timer is None:
+            self._arm(DEFLATE_IDLE_SECONDS)
+        return data
+
+    def _arm(self, delay: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on a loop: keep the compressor
+            return
+        self._release_timer = loop.call_later(delay, self.release_if_idle)
+
+    def release_if_idle(self) -> None:
+        self._release_timer = None
+        idle = time.monotonic() - self._last_message
+        if idle >= DEFLATE_IDLE_SECONDS:
+            self._compressor = None
+        else:
+            self._arm(DEFLATE_IDLE_SECONDS - idle)
+
+
 def compress_websockets() -> None:
     """Compress websocket frames for clients that offer permessage-deflate (browsers do).
 
@@ -102,3 +147,6 @@ def compress_websockets() -> None:
 
     WebSocketFactory.resetProtocolOptions = reset_protocol_options  # type: ignore[method-assign]
     WebSocketFactory._compressing = True  # type: ignore[attr-defined]
+    # autobahn makes the agreed extension from this table (its handshake code reads it).
+    PERMESSAGE_COMPRESSION_EXTENSION[PerMessageDeflate.EXTENSION_NAME]["PMCE"] = (
+        IdleReleasingDeflate)

@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 STEPS = ("relay", "ttft", "ttft-redis", "load", "capacity", "bare", "connections", "wire",
-         "memory", "pages")
+         "layer", "memory", "pages")
 # The stream the CPU comparison runs, the same in the app's arm (load) and the bare relay.
 CPU_STREAM = {"full": ["--tokens", "500", "--rate", "50"], "quick": ["--tokens", "60",
                                                                       "--rate", "50"]}
@@ -71,6 +71,7 @@ def _argv(step: str, quick: bool, out: Path) -> list[str]:
                  CPU_KS[size], "--spread", "1", *CPU_STREAM[size]],
         "connections": [*py, "bench/connections.py", "--answers", "50"],
         "wire": [*py, "bench/wire.py", "--answers", "1" if quick else "2"],
+        "layer": [*py, "bench/layer.py", "--events", "5000" if quick else "20000"],
         "memory": [*py, "bench/memory.py", *quick_flag],
         "pages": [*py, "bench/pages.py", *quick_flag],
     }[step] + ["--json", str(out)]

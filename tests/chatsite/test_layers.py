@@ -30,3 +30,43 @@ async def test_it_still_drops_expired_messages_but_not_on_every_frame() -> None:
     await asyncio.sleep(0.25)
     await layer.group_send("nobody", {"type": "tick"})
     assert "stale.one" not in layer.channels
+
+
+async def test_a_receiver_never_sees_what_the_sender_changes_afterwards() -> None:
+    layer = RateLimitedCleanupLayer()
+    flat, nested = await layer.new_channel(), await layer.new_channel()
+    delta = {"type": "msg.delta", "seq": 2, "offset": 0, "text": "hi"}
+    usage, ids = {"prompt_tokens": 3}, [1]
+    state = {"type": "msg.state", "seq": 2, "usage": usage, "ids": ids}
+    await layer.send(flat, delta)
+    await layer.send(nested, state)
+    delta["text"] = "changed"
+    usage["prompt_tokens"] = 99
+    ids.append(2)
+    assert await layer.receive(flat) == {"type": "msg.delta", "seq": 2, "offset": 0,
+                                         "text": "hi"}
+    assert await layer.receive(nested) == {"type": "msg.state", "seq": 2,
+                                           "usage": {"prompt_tokens": 3}, "ids": [1]}
+
+
+async def test_a_full_channel_is_refused_as_upstream() -> None:
+    from channels.exceptions import ChannelFull
+
+    layer = RateLimitedCleanupLayer(capacity=1)
+    channel = await layer.new_channel()
+    await layer.send(channel, {"type": "one"})
+    with pytest.raises(ChannelFull):
+        await layer.send(channel, {"type": "two"})
+
+
+async def test_a_group_send_reaches_every_member_and_skips_a_full_one() -> None:
+    layer = RateLimitedCleanupLayer(capacity=1)
+    members = [await layer.new_channel() for _ in range(3)]
+    for channel in members:
+        await layer.group_add("conv", channel)
+    await layer.send(members[1], {"type": "already.there"})  # members[1] is full
+    await layer.group_send("conv", {"type": "msg.delta", "text": "hi"})
+    assert await layer.receive(members[0]) == {"type": "msg.delta", "text": "hi"}
+    assert await layer.receive(members[1]) == {"type": "already.there"}
+    assert await layer.receive(members[2]) == {"type": "msg.delta", "text": "hi"}
+    await layer.group_send("nobody", {"type": "msg.delta"})  # an empty group is no error

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +31,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.relay import (  # the path above makes `bench` importable as a script
-    RESULTS,
     AppClient,
     Slot,
     Stack,
-    parse_args,
+    run_on_embedded_stack,
 )
 
 VENDOR = "cloudflare"  # the text model's vendor
@@ -119,26 +116,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.answers < 1:
         parser.error("need --answers >= 1")
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    out = (args.json or RESULTS / f"connections-{stamp}.json").resolve()
-    relay_argv = ["--arms", "A0,A1", "--stack", "embedded", "--k", "1",
-                  "--var-dir", str(RESULTS / "var-connections"), "--json", str(out)]
-    cfg = parse_args(relay_argv + (["--no-pin"] if args.no_pin else []))
-    stack = Stack(cfg)
-    try:
-        stack.start()
-        result = asyncio.run(measure(stack, args.answers))
-        result["app_log"] = stack.app_log_summary()
-    except Exception as exc:  # a failed stack: show its logs, exit 1
-        print(f"connections benchmark failed: {type(exc).__name__}: {exc}\n{stack.log_tail()}",
-              file=sys.stderr)
+    ran = run_on_embedded_stack("connections", args.json, args.no_pin,
+                                lambda stack: measure(stack, args.answers))
+    if ran is None:
         return 1
-    finally:
-        stack.stop()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    result, _path = ran
     print(table(result))
-    print(f"JSON: {out}", file=sys.stderr)
     bad = sum(n for status, n in result["statuses"].items() if status != "complete")
     return 1 if bad else 0
 

@@ -1418,6 +1418,7 @@ def summarise(cfg: Config, arm: str, batches: list[Batch], answer: Answer) -> di
         "text_bytes": answer.text_bytes * len(good),
         "wire_per_text_byte": _ratio(sum(s.wire_bytes for s in good),
                                      answer.text_bytes * len(good)),
+        "payload_bytes": sum(s.payload_bytes for s in good),
         "payload_per_text_byte": _ratio(sum(s.payload_bytes for s in good),
                                         answer.text_bytes * len(good)),
         "ws_compression": cfg.ws_compression,
@@ -1765,6 +1766,35 @@ def _stderr(message: str) -> None:
 
 def _raise_exit(signum: int, _frame: Any) -> None:
     raise SystemExit(128 + signum)  # run the `finally` that stops the child processes
+
+
+def run_on_embedded_stack(name: str, json_path: Path | None, no_pin: bool,
+                          measure: Callable[[Stack], Coroutine[Any, Any, dict[str, Any]]]
+                          ) -> tuple[dict[str, Any], Path] | None:
+    """For the small benchmarks beside this one (connections.py, wire.py): start the embedded
+    stack (emulator + one daphne, SQLite, one signed-in user), run `measure` on it, stop it,
+    write its result to `json_path` (default `bench/results/<name>-<UTC time>.json`). The
+    result and its path, or None when the stack failed (its logs' tails on stderr)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out = (json_path or RESULTS / f"{name}-{stamp}.json").resolve()
+    cfg = parse_args(["--arms", "A0,A1", "--stack", "embedded", "--k", "1",
+                      "--var-dir", str(RESULTS / f"var-{name}"), "--json", str(out)]
+                     + (["--no-pin"] if no_pin else []))
+    stack = Stack(cfg)
+    try:
+        stack.start()
+        result = asyncio.run(measure(stack))
+        result["app_log"] = stack.app_log_summary()
+    except Exception as exc:  # a failed stack: show its logs
+        print(f"{name} benchmark failed: {type(exc).__name__}: {exc}\n{stack.log_tail()}",
+              file=sys.stderr)
+        return None
+    finally:
+        stack.stop()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"JSON: {out}", file=sys.stderr)
+    return result, out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

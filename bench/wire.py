@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +33,11 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.relay import (  # the path above makes `bench` importable as a script
-    RESULTS,
     AppClient,
     Frame,
     Slot,
     Stack,
-    parse_args,
+    run_on_embedded_stack,
 )
 
 TARGET = 3.0  # issue 16: <= 3 wire bytes per text byte
@@ -175,25 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.answers < 1:
         parser.error("need --answers >= 1")
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    out = (args.json or RESULTS / f"wire-{stamp}.json").resolve()
-    relay_argv = ["--arms", "A0,A1", "--stack", "embedded", "--k", "1",
-                  "--var-dir", str(RESULTS / "var-wire"), "--json", str(out)]
-    cfg = parse_args(relay_argv + (["--no-pin"] if args.no_pin else []))
-    stack = Stack(cfg)
-    try:
-        stack.start()
-        result = asyncio.run(measure(stack, args.answers))
-    except Exception as exc:  # a failed stack: show its logs, exit 1
-        print(f"wire benchmark failed: {type(exc).__name__}: {exc}\n{stack.log_tail()}",
-              file=sys.stderr)
+    ran = run_on_embedded_stack("wire", args.json, args.no_pin,
+                                lambda stack: measure(stack, args.answers))
+    if ran is None:
         return 1
-    finally:
-        stack.stop()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(table(result))
-    print(f"JSON: {out}", file=sys.stderr)
+    print(table(ran[0]))
     return 0
 
 

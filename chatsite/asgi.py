@@ -21,6 +21,7 @@ from chatsite.daphne_tuning import (  # noqa: E402
     close_instead_of_drop,
     compress_websockets,
     redact_access_log,
+    write_at_once,
 )
 from conversations.answers.drain import install_on_daphne  # noqa: E402
 from conversations.answers.jobs import (  # noqa: E402
@@ -45,6 +46,7 @@ application = CaptureLoopMiddleware(ProtocolTypeRouter(
 if "daphne.cli" in sys.modules:
     start_reaper_thread()
     close_instead_of_drop()
+    write_at_once()
     if settings.WEBSOCKET_COMPRESSION:
         compress_websockets()
     redact_access_log()

@@ -30,6 +30,7 @@ from autobahn.websocket.compress import (
 )
 from daphne.access import AccessLogGenerator
 from daphne.ws_protocol import WebSocketFactory
+from twisted.internet import tcp
 
 from chatsite.logging import redact
 
@@ -150,3 +151,31 @@ def compress_websockets() -> None:
     # autobahn makes the agreed extension from this table (its handshake code reads it).
     PERMESSAGE_COMPRESSION_EXTENSION[PerMessageDeflate.EXTENSION_NAME]["PMCE"] = (
         IdleReleasingDeflate)
+
+
+def write_at_once() -> None:
+    """A TCP write goes to the socket at once when nothing is queued before it.
+
+    Twisted queues every write and asks the reactor to watch the socket for writability: on
+    the asyncio reactor that is an epoll registration now and a removal after the next turn of
+    the loop, for every websocket frame and every chunk of a streamed response, though the
+    kernel's buffer almost always has room. py-spy at 32 streams put that round trip at about
+    a tenth of the app's CPU. Here a write with nothing queued before it is handed to the
+    socket directly (twisted's own `writeSomeData`); what the kernel does not take, and every
+    write while something is queued, goes the usual way, so order and back-pressure (a
+    producer paused on a full buffer) are twisted's. TLS connections are left as they are."""
+    if getattr(tcp.Connection, "_writes_at_once", False):
+        return
+    original = tcp.Connection.write
+
+    def write(self: Any, data: bytes) -> None:
+        if (data and not self.TLS and self.connected and not self.disconnecting
+                and not self._writeDisconnected and not self._writeDisconnecting
+                and not self._tempDataBuffer and self.offset == len(self.dataBuffer)):
+            sent = self.writeSomeData(data)
+            if isinstance(sent, int) and sent > 0:  # else an error: the usual way reports it
+                data = data[sent:]
+        original(self, data)
+
+    tcp.Connection.write = write  # type: ignore[method-assign]
+    tcp.Connection._writes_at_once = True  # type: ignore[attr-defined]

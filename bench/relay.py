@@ -863,7 +863,7 @@ class AppClient:
 Frame = tuple[float, int, int, Any]  # arrival, bytes on the wire, bytes of text, decoded JSON
 
 
-class _CountingDeflate(ClientPerMessageDeflateFactory):
+class CountingDeflate(ClientPerMessageDeflateFactory):
     """websockets' permessage-deflate offer, with the extension it agrees recording the
     compressed size of every data message it inflates (one entry per message, in order)."""
 
@@ -891,7 +891,7 @@ class Slot:
     """One conversation with its websocket open, like a browser tab showing it."""
 
     def __init__(self, app: AppClient, conversation: str, ws: ClientConnection,
-                 tag: str = "") -> None:
+                 tag: str = "", wire: collections.deque[int] | None = None) -> None:
         self.app = app
         self.conversation = conversation
         self.ws = ws
@@ -901,7 +901,8 @@ class Slot:
         self.acked = 0
         self.recording = False
         self.log: list[Frame] = []
-        self.wire: collections.deque[int] = collections.deque()  # per message, when compressed
+        # Compressed size per message, filled by CountingDeflate when deflate was agreed.
+        self.wire: collections.deque[int] = wire if wire is not None else collections.deque()
         self.terminal: dict[int, str] = {}
         self.active: set[int] = set()
         self.hello = asyncio.Event()
@@ -916,14 +917,12 @@ class Slot:
         offer); each message's compressed payload size is then recorded as it is inflated."""
         base = app.base_url.replace("http://", "ws://", 1)
         sizes: collections.deque[int] = collections.deque()
-        extensions = [_CountingDeflate(sizes)] if compression == "deflate" else None
+        extensions = [CountingDeflate(sizes)] if compression == "deflate" else None
         ws = await connect(f"{base}/ws/c/{conversation}/", origin=Origin(app.base_url),
                            additional_headers={"Cookie": app.cookie},
                            compression=None, extensions=extensions, max_size=2**24,
                            ping_interval=None, open_timeout=60)
-        slot = cls(app, conversation, ws, tag)
-        slot.wire = sizes
-        return slot
+        return cls(app, conversation, ws, tag, sizes)
 
     async def _read(self) -> None:
         try:
@@ -1050,6 +1049,11 @@ async def run_app(slot: Slot, cfg: Config, res: StreamResult, answer: Answer,
         _analyse_app(res, frames, seq, answer)
 
 
+def frame_kind(frame: Any) -> str:
+    """"d" (a delta), "b" (rendered blocks) or "other" (an object frame: new, state, ...)."""
+    return frame[0] if isinstance(frame, list) and frame[0] in ("d", "b") else "other"
+
+
 def _analyse_app(res: StreamResult, frames: list[Frame], seq: int, answer: Answer) -> None:
     """Deltas -> per-token arrival; bytes and frames; text and offsets checked."""
     res.wire_bytes = sum(wire for _t, wire, _s, _f in frames)
@@ -1059,7 +1063,7 @@ def _analyse_app(res: StreamResult, frames: list[Frame], seq: int, answer: Answe
     ends: list[tuple[float, int]] = []
     expected = 0
     for now, wire, size, frame in frames:
-        kind = frame[0] if isinstance(frame, list) and frame[0] in ("d", "b") else "other"
+        kind = frame_kind(frame)
         res.wire_by_kind[kind] = res.wire_by_kind.get(kind, 0) + wire
         res.payload_by_kind[kind] = res.payload_by_kind.get(kind, 0) + size
         if ends:

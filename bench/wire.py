@@ -37,6 +37,8 @@ from bench.relay import (  # the path above makes `bench` importable as a script
     Frame,
     Slot,
     Stack,
+    delivered_text,
+    frame_kind,
     run_on_embedded_stack,
 )
 
@@ -93,13 +95,9 @@ async def _stream(slot: Slot, text: str, timeout: float) -> tuple[list[Frame], i
     seq = int(response.json()["assistant"]["seq"])
     await asyncio.wait_for(slot.wait_terminal({seq}), timeout)
     frames = slot.end()
-    delivered = ""
-    for _t, _w, _s, frame in frames:
-        if isinstance(frame, list) and frame[:2] == ["d", seq]:
-            delivered = delivered[:int(frame[2])] + str(frame[3])
     if slot.terminal[seq] != "complete":
         raise RuntimeError(f"answer {seq} ended {slot.terminal[seq]}")
-    return frames, seq, delivered
+    return frames, seq, delivered_text(frames, seq)
 
 
 def _cell(runs: list[tuple[list[Frame], str]]) -> dict[str, Any]:
@@ -108,7 +106,7 @@ def _cell(runs: list[tuple[list[Frame], str]]) -> dict[str, Any]:
     payload: dict[str, int] = {}
     for frames, _text in runs:
         for _t, size_wire, size_text, frame in frames:
-            kind = frame[0] if isinstance(frame, list) and frame[0] in ("d", "b") else "other"
+            kind = frame_kind(frame)
             wire[kind] = wire.get(kind, 0) + size_wire
             payload[kind] = payload.get(kind, 0) + size_text
     return {"answers": len(runs), "text_bytes": text_bytes,

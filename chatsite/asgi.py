@@ -18,9 +18,8 @@ from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from chatsite.daphne_tuning import (  # noqa: E402
-    close_instead_of_drop,
-    compress_websockets,
     redact_access_log,
+    websocket_defaults,
     write_at_once,
 )
 from conversations.answers.drain import install_on_daphne  # noqa: E402
@@ -45,9 +44,7 @@ application = CaptureLoopMiddleware(ProtocolTypeRouter(
 # daphne server process (its command line module is loaded), not wherever this is imported.
 if "daphne.cli" in sys.modules:
     start_reaper_thread()
-    close_instead_of_drop()
+    websocket_defaults(compress=settings.WEBSOCKET_COMPRESSION)
     write_at_once()
-    if settings.WEBSOCKET_COMPRESSION:
-        compress_websockets()
     redact_access_log()
     install_on_daphne()  # SIGTERM drains the answers in flight (DRAIN_SECONDS)

@@ -13,7 +13,7 @@ kernel answers with a reset, and the client loses the close frame it had not rea
 seconds lets it finish writing and read why it was closed.
 
 Frames are compressed (permessage-deflate) when the client offers it, as every browser does; see
-`compress_websockets`.
+`accept_deflate`. Both are the factory's defaults, set in one place (`websocket_defaults`).
 """
 
 from __future__ import annotations
@@ -46,20 +46,6 @@ DEFLATE_MEM_LEVEL = 5
 DEFLATE_IDLE_SECONDS = 10.0
 
 
-def close_instead_of_drop() -> None:
-    if getattr(WebSocketFactory, "_close_on_failure", False):
-        return
-    original = WebSocketFactory.resetProtocolOptions
-
-    def reset_protocol_options(self: Any) -> None:
-        original(self)
-        self.failByDrop = False
-        self.closeHandshakeTimeout = CLOSE_HANDSHAKE_SECONDS
-
-    WebSocketFactory.resetProtocolOptions = reset_protocol_options  # type: ignore[method-assign]
-    WebSocketFactory._close_on_failure = True  # type: ignore[attr-defined]
-
-
 def redact_access_log() -> None:
     """daphne's access log (stdout at its default verbosity) writes every request path; share
     links, invitations and signed image addresses carry their secret in the path, and the
@@ -80,7 +66,15 @@ def accept_deflate(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
     """Accept the client's first permessage-deflate offer, keeping the context between messages
     (unless the client asks otherwise) with a smaller window than zlib's default. A window
     smaller than the one the client decompresses with is always valid (RFC 7692, 7.1.2.1), so
-    nothing is announced for it."""
+    nothing is announced for it.
+
+    A rendered block (`b` frame) repeats the text its deltas carried a moment before, and every
+    delta starts alike; with the context kept between messages, a realistic answer takes less
+    than half the bytes on the wire (docs/performance.md). Nothing secret shares a socket with
+    text a reader does not already see (one socket shows one conversation to someone who may
+    read all of it), so the length of a compressed frame tells an eavesdropper nothing new (the
+    CRIME/BREACH concern; docs/security.md). Inflating what a client sends stays bounded by
+    daphne's 1 MiB message limit (autobahn stops inflating there and closes with 1009)."""
     for offer in offers:
         if isinstance(offer, PerMessageDeflateOffer):
             bits = DEFLATE_WINDOW_BITS
@@ -126,31 +120,27 @@ class IdleReleasingDeflate(PerMessageDeflate):  # type: ignore[misc]
             self._arm(DEFLATE_IDLE_SECONDS - idle)
 
 
-def compress_websockets() -> None:
-    """Compress websocket frames for clients that offer permessage-deflate (browsers do).
-
-    A rendered block (`b` frame) repeats the text its deltas carried a moment before, and every
-    delta starts alike; with the compression context kept between messages, a realistic answer
-    takes less than half the bytes on the wire (docs/performance.md). Nothing secret shares a
-    socket with text a reader does not already see (one socket shows one conversation to
-    someone who may read all of it), so the length of a compressed frame tells an eavesdropper
-    nothing new (the CRIME/BREACH concern; docs/security.md). Inflating what a client sends
-    stays bounded by daphne's 1 MiB message limit (autobahn stops inflating there and closes
-    with 1009).
-    `WEBSOCKET_COMPRESSION=0` turns it off."""
-    if getattr(WebSocketFactory, "_compressing", False):
+def websocket_defaults(compress: bool) -> None:
+    """daphne's websocket factory defaults, set once per process: fail an oversized message
+    with a close frame (module docstring) and, with `compress`, accept permessage-deflate
+    (`accept_deflate`; `WEBSOCKET_COMPRESSION=0` turns it off)."""
+    if getattr(WebSocketFactory, "_chatsite_defaults", False):
         return
     original = WebSocketFactory.resetProtocolOptions
 
     def reset_protocol_options(self: Any) -> None:
         original(self)
-        self.perMessageCompressionAccept = accept_deflate
+        self.failByDrop = False
+        self.closeHandshakeTimeout = CLOSE_HANDSHAKE_SECONDS
+        if compress:
+            self.perMessageCompressionAccept = accept_deflate
 
     WebSocketFactory.resetProtocolOptions = reset_protocol_options  # type: ignore[method-assign]
-    WebSocketFactory._compressing = True  # type: ignore[attr-defined]
-    # autobahn makes the agreed extension from this table (its handshake code reads it).
-    PERMESSAGE_COMPRESSION_EXTENSION[PerMessageDeflate.EXTENSION_NAME]["PMCE"] = (
-        IdleReleasingDeflate)
+    WebSocketFactory._chatsite_defaults = True  # type: ignore[attr-defined]
+    if compress:
+        # autobahn makes the agreed extension from this table (its handshake code reads it).
+        PERMESSAGE_COMPRESSION_EXTENSION[PerMessageDeflate.EXTENSION_NAME]["PMCE"] = (
+            IdleReleasingDeflate)
 
 
 def write_at_once() -> None:

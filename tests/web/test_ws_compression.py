@@ -17,10 +17,9 @@ import httpx
 import pytest
 from django.conf import settings
 from websockets.exceptions import ConnectionClosed
-from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
-from websockets.frames import Frame, Opcode
 from websockets.sync.client import ClientConnection, connect
 
+from bench.relay import CountingDeflate
 from conversations.chat import services
 from conversations.models import Conversation, Message, MessageStatus
 from tests.api.conftest import ApiServer
@@ -37,35 +36,12 @@ class Socket:
     def __init__(self, server_url: str, conversation: Conversation, session: str,
                  compression: str | None) -> None:
         url = server_url.replace("http://", "ws://") + f"/ws/c/{conversation.pk}/"
-        self.wire: deque[int] = deque()
-        self._pending = 0
-        socket = self
-
-        class Counting(ClientPerMessageDeflateFactory):
-            # The extension is made during the handshake, before the first message arrives.
-            def process_response_params(self, params: Any, accepted: Any) -> Any:
-                extension = super().process_response_params(params, accepted)
-                socket._count(extension)
-                return extension
-
+        self.wire: deque[int] = deque()  # the benchmark's counter records compressed sizes
         self._stack = contextlib.ExitStack()
         self.ws: ClientConnection = self._stack.enter_context(connect(
             url, origin=server_url, compression=None, max_size=None,
-            extensions=[Counting(client_max_window_bits=True)] if compression else None,
+            extensions=[CountingDeflate(self.wire)] if compression else None,
             additional_headers={"Cookie": f"{settings.SESSION_COOKIE_NAME}={session}"}))
-
-    def _count(self, extension: Any) -> None:
-        original = extension.decode
-
-        def decode(frame: Frame, *, max_size: int | None = None) -> Frame:
-            if frame.opcode in (Opcode.TEXT, Opcode.CONT):
-                self._pending += len(frame.data)
-                if frame.fin:
-                    self.wire.append(self._pending)
-                    self._pending = 0
-            return original(frame, max_size=max_size)
-
-        extension.decode = decode
 
     @property
     def extensions(self) -> str:

@@ -25,6 +25,7 @@ import certifi
 import httpx
 
 from providers.base import Delta, ErrorKind, ProviderConfig, ProviderError, StreamItem
+from providers.transport import VendorTransport
 
 logger = logging.getLogger("providers.retry")
 
@@ -152,8 +153,11 @@ def make_http_client(config: ProviderConfig, *,
     # trust_env=False: a proxy or netrc from the environment must not receive provider keys.
     if limits is None:  # httpx's own default: 100 connections, 20 kept alive for 5 s
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+    # The transport is httpx's own on a lighter network layer (providers/transport.py); it
+    # carries the TLS context and the limits.
+    transport = VendorTransport(ssl_context=_tls_context(), limits=limits)
     return httpx.AsyncClient(timeout=make_timeout(config), trust_env=False, follow_redirects=False,
-                             verify=_tls_context(), limits=limits)
+                             transport=transport)
 
 
 class TransportErrors:

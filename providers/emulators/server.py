@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -57,8 +58,12 @@ class EmulatorServer:
         max_recorded: int = 10_000,
         keep_alive: bool = True,
         keep_alive_idle: float = KEEP_ALIVE_IDLE,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
+        # Given a server context, the emulator speaks HTTPS, as every vendor does (the transport
+        # tests read streams through TLS this way).
+        self.ssl_context = ssl_context
         self.port = port
         self.credentials = credentials or Credentials()
         self.options = Options(
@@ -89,7 +94,7 @@ class EmulatorServer:
     # --- public API ------------------------------------------------------------------------
     @property
     def base_urls(self) -> dict[str, str]:
-        root = f"http://{_url_host(self.host)}:{self.port}"
+        root = self.url
         return {
             "cloudflare": f"{root}/client/v4",
             "dashscope": f"{root}/api/v1",
@@ -98,7 +103,8 @@ class EmulatorServer:
 
     @property
     def url(self) -> str:
-        return f"http://{_url_host(self.host)}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{_url_host(self.host)}:{self.port}"
 
     def script(self, vendor: str, fault: FaultSpec, times: int | None = 1) -> None:
         """Queue `fault` (or several, composed) for the next `times` model calls to `vendor`.
@@ -213,7 +219,8 @@ class EmulatorServer:
         def protocol() -> _WatchedProtocol:
             return _WatchedProtocol(asyncio.StreamReader(loop=loop), self._on_connection, loop)
 
-        self._server = await loop.create_server(protocol, self.host, self.port, backlog=2048)
+        self._server = await loop.create_server(protocol, self.host, self.port, backlog=2048,
+                                                ssl=self.ssl_context)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _close(self) -> None:

@@ -98,6 +98,32 @@ class SSEDecoder:
             self._skip_lf = False
             if chunk[0] == 0x0A:
                 pos = 1
+        if b"\r" in chunk:
+            self._feed_any_line_ends(chunk, pos, events)
+            return events
+        # Every vendor ends lines with LF: find them with bytes.find, and hand a line that lies
+        # whole inside the chunk on as a slice, without copying it through the line buffer.
+        while pos < size:
+            end = chunk.find(b"\n", pos)
+            if end < 0:
+                self._check_cap(size - pos)
+                self._line += chunk[pos:]
+                break
+            self._check_cap(end - pos)
+            if self._line:
+                self._line += chunk[pos:end]
+                raw = bytes(self._line)
+                self._line.clear()
+            else:
+                raw = chunk[pos:end]
+            pos = end + 1
+            event = self._finish_raw(raw, complete_block=True)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _feed_any_line_ends(self, chunk: bytes, pos: int, events: list[SSEEvent]) -> None:
+        size = len(chunk)
         while pos < size:
             match = _LINE_END.search(chunk, pos)
             if match is None:
@@ -113,7 +139,6 @@ class SSEDecoder:
             event = self._finish_line(complete_block=True)
             if event is not None:
                 events.append(event)
-        return events
 
     def close(self) -> list[SSEEvent]:
         """End of stream: report a partial trailing event (complete=False) if there is one."""
@@ -135,6 +160,9 @@ class SSEDecoder:
     def _finish_line(self, *, complete_block: bool) -> SSEEvent | None:
         raw = bytes(self._line)
         self._line.clear()
+        return self._finish_raw(raw, complete_block=complete_block)
+
+    def _finish_raw(self, raw: bytes, *, complete_block: bool) -> SSEEvent | None:
         self._event_bytes += len(raw) + 1
         text = raw.decode("utf-8", errors="replace")
         if self._first_line:

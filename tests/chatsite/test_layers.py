@@ -70,3 +70,29 @@ async def test_a_group_send_reaches_every_member_and_skips_a_full_one() -> None:
     assert await layer.receive(members[1]) == {"type": "already.there"}
     assert await layer.receive(members[2]) == {"type": "msg.delta", "text": "hi"}
     await layer.group_send("nobody", {"type": "msg.delta"})  # an empty group is no error
+
+
+async def test_a_waiting_consumer_keeps_one_queue_and_leaving_drops_it() -> None:
+    layer = RateLimitedCleanupLayer()
+    channel = await layer.new_channel()
+    receiving = asyncio.ensure_future(layer.receive(channel))
+    await asyncio.sleep(0)
+    queue = layer.channels[channel]
+    await layer.send(channel, {"type": "one"})
+    assert await receiving == {"type": "one"}
+    receiving = asyncio.ensure_future(layer.receive(channel))
+    await asyncio.sleep(0)
+    assert layer.channels[channel] is queue  # the same queue for the next frame
+    receiving.cancel()  # the consumer went away
+    with pytest.raises(asyncio.CancelledError):
+        await receiving
+    assert channel not in layer.channels
+
+
+async def test_it_still_refuses_bad_channel_and_group_names() -> None:
+    layer = RateLimitedCleanupLayer()
+    for call in (layer.send("bad name!", {"type": "x"}), layer.receive("bad name"),
+                 layer.group_send("bad group", {"type": "x"})):
+        with pytest.raises(TypeError):
+            await call
+    assert layer.channels == {}

@@ -42,7 +42,10 @@ Event = dict[str, Any]
 
 def u16_len(text: str) -> int:
     """Length in UTF-16 code units: characters beyond the BMP (emoji) count twice."""
-    return len(text) + sum(1 for ch in text if ord(ch) > 0xFFFF)
+    if text.isascii():  # most pieces: no walk over the characters at all
+        return len(text)
+    # "surrogatepass": a lone surrogate (never valid, but a str may hold one) is one unit.
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 # --- groups -------------------------------------------------------------------------------------

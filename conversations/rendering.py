@@ -52,6 +52,7 @@ from pygments.util import ClassNotFound
 
 __all__ = [
     "pygments_css",
+    "remember_rendered",
     "render_markdown",
     "render_markdown_cached",
     "render_plain",
@@ -472,11 +473,23 @@ def render_markdown_cached(text: str) -> str:
     if isinstance(html, str):
         return html
     html = render_markdown(text)
+    _store(key, html)
+    return html
+
+
+def remember_rendered(text: str, html: str) -> None:
+    """Cache `html` as what :func:`render_markdown_cached` returns for `text`, for HTML made
+    already: the rendered stable pieces of a streamed answer, which add up to the rendering of
+    the whole (see :func:`split_stable`). Each piece went through the sanitiser."""
+    if len(text) >= _CACHE_MIN_CHARS:
+        _store(_render_key(text), html)
+
+
+def _store(key: str, html: str) -> None:
     try:
         cache.set(key, html, _CACHE_SECONDS)
-    except Exception as exc:
+    except Exception as exc:  # the cache is an optimisation: never fail for it
         _log.warning("markdown cache unavailable: %s", type(exc).__name__)
-    return html
 
 
 def render_user_message(text: str) -> str:

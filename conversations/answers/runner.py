@@ -29,7 +29,12 @@ from conversations.answers.core import Answer, Outcome, outcome_fields, persist,
 from conversations.answers.history import request_for
 from conversations.errors import NOT_PREPARED, ServiceError
 from conversations.models import Message, MessageStatus, UsageRecord
-from conversations.rendering import render_markdown, render_markdown_cached, split_stable
+from conversations.rendering import (
+    remember_rendered,
+    render_markdown,
+    render_markdown_cached,
+    split_stable,
+)
 from conversations.runtime import off_loop
 from providers.base import ChatRequest, ProviderError
 from providers.models import ModelConfig
@@ -186,6 +191,11 @@ class Generation:
         self.sent_u16 = 0
         self.stable = 0  # characters published as rendered blocks
         self.stable_u16 = 0
+        # The HTML of those blocks, in order. Rendered stable pieces add up to the rendering of
+        # the whole (split_stable's promise), so a snapshot and the finished answer's cached
+        # HTML are these joined, not a second render. None once a vendor's rewrite reached
+        # into a published block: the blocks then no longer add up to the text.
+        self.blocks: list[str] | None = []
         self.saved = 0
         self.window = settings.STREAM_COALESCE_MS / 1000
         self.last_flush = 0.0
@@ -324,6 +334,7 @@ class Generation:
                     log.info("answer %s rewrote text inside a rendered block", self.message_id)
                     self.stable = self.sent
                     self.stable_u16 = self.sent_u16
+                    self.blocks = None
             if self.rewound_to < _NONE and self.sent <= self.rewound_to:
                 self.rewound_to = _NONE
             if len(text) > self.sent:
@@ -336,8 +347,16 @@ class Generation:
                 block = text[self.stable:upto]
                 self.stable_u16 += events.u16_len(block)
                 self.stable = upto
-                await events.publish(self.group, events.blocks(self.seq, self.stable_u16,
-                                                               render_markdown(block)))
+                html = render_markdown(block)
+                if self.blocks is not None:
+                    self.blocks.append(html)
+                await events.publish(self.group, events.blocks(self.seq, self.stable_u16, html))
+
+    def _stable_html(self) -> str:
+        """The rendered HTML of `text[:self.stable]`."""
+        if self.blocks is not None:
+            return "".join(self.blocks)
+        return render_markdown(self.text[:self.stable])
 
     async def _join_control(self, layer: Any) -> str | None:
         """The channel that receives stop and resync requests, or None when the layer is away:
@@ -369,8 +388,7 @@ class Generation:
                 text = self.text
                 with contextlib.suppress(Exception):  # the viewer asks again if it must
                     await layer.send(event["reply_to"], events.snapshot(
-                        self.seq, text[:self.sent], self.stable_u16,
-                        render_markdown(text[:self.stable])))
+                        self.seq, text[:self.sent], self.stable_u16, self._stable_html()))
 
     def request_stop(self) -> None:
         self.stop_requested = True
@@ -399,7 +417,8 @@ class Generation:
             task.cancel()
         await self._flush(final=True)
         message_id = self.message_id
-        saved = await persist(lambda o: _save_final(message_id, o), outcome,
+        rendered = (self.text, self._stable_html()) if self.stable == len(self.text) else None
+        saved = await persist(lambda o: _save_final(message_id, o, rendered), outcome,
                               what=f"answer {message_id}")
         if layer and control:
             with contextlib.suppress(Exception):  # its membership expires with the layer
@@ -440,8 +459,10 @@ def _exclude(ids: list[uuid.UUID]) -> None:
     Message.objects.filter(pk__in=ids).update(context_excluded=True)
 
 
-def _save_final(message_id: uuid.UUID, outcome: Outcome) -> Message | None:
-    """The message's final fields and its ledger row; None when it was deleted meanwhile."""
+def _save_final(message_id: uuid.UUID, outcome: Outcome,
+                rendered: tuple[str, str] | None = None) -> Message | None:
+    """The message's final fields and its ledger row; None when it was deleted meanwhile.
+    `rendered`: (text, its HTML) when the streamed blocks already rendered the whole answer."""
     message = Message.objects.select_related("model").filter(pk=message_id).first()
     if message is None:
         return None
@@ -452,8 +473,11 @@ def _save_final(message_id: uuid.UUID, outcome: Outcome) -> Message | None:
     message.heartbeat_at = timezone.now()
     message.save()
     if message.status == MessageStatus.COMPLETE:
-        # Every open page fetches the finished message right away: render it once, here.
-        render_markdown_cached(message.content)
+        # Every open page fetches the finished message right away: have its HTML cached now.
+        if rendered is not None and rendered[0] == message.content:
+            remember_rendered(message.content, rendered[1])
+        else:
+            render_markdown_cached(message.content)
     usage = UsageRecord.objects.filter(message=message).first()
     if usage is not None and message.model is not None:
         record_usage(usage, message.model, outcome)

@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.core.cache import cache
 
 from conversations.chat import services
 from conversations.models import Message, MessageStatus
+from conversations.rendering import _render_key, render_markdown
 from providers.emulators import Fault
 from tests.support import model, post_message, signed_in
 
@@ -215,3 +217,35 @@ def test_the_reaper_marks_answers_whose_runner_died_and_keeps_the_text(
     assert stale.status == MessageStatus.INTERRUPTED and stale.content == "half an ans"
     assert Message.objects.get(pk=alive.assistant_message.pk).status == MessageStatus.STREAMING
     assert reap_stale() == []  # safe to run again
+
+
+MARKDOWN = """\
+## A heading
+
+A first paragraph with *emphasis*, `code` and a [link](https://example.com/a).
+
+1. one item
+2. another, **bold**
+
+```python
+def f(x: int) -> int:
+    return x * 2
+```
+
+| a | b |
+|---|---|
+| 1 | 2 |
+
+> a quote to end with, long enough that the whole answer passes the cache's minimum size.
+"""
+
+
+def test_a_finished_answer_is_cached_as_it_renders_whole(emulated: Any, owner: Any) -> None:
+    # The streamed blocks' HTML, joined, is what the cache keeps for the finished answer: it
+    # must be exactly what rendering the whole text gives (what a page without cache shows).
+    conversation = _chat(owner)
+    emulated.script("cloudflare", "verbatim rate=400")
+    answer = _answer(post_message(signed_in(owner), conversation, MARKDOWN))
+    assert answer.status == MessageStatus.COMPLETE
+    assert answer.content.strip() == MARKDOWN.strip()
+    assert cache.get(_render_key(answer.content)) == render_markdown(answer.content)

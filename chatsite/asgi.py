@@ -18,6 +18,7 @@ from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from chatsite.daphne_tuning import (  # noqa: E402
+    hand_over_sooner,
     redact_access_log,
     websocket_defaults,
     write_at_once,
@@ -46,5 +47,6 @@ if "daphne.cli" in sys.modules:
     start_reaper_thread()
     websocket_defaults(compress=settings.WEBSOCKET_COMPRESSION)
     write_at_once()
+    hand_over_sooner()
     redact_access_log()
     install_on_daphne()  # SIGTERM drains the answers in flight (DRAIN_SECONDS)

@@ -266,21 +266,8 @@ class ProtocolBackend(AsyncNetworkBackend):
         self.opened += 1
         return _Stream(protocol)
 
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,
-                                  socket_options: Iterable[SOCKET_OPTION] | None = None,
-                                  ) -> AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        protocol = _Protocol(loop)
-        try:
-            async with asyncio.timeout(timeout):
-                await loop.create_unix_connection(lambda: protocol, path)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout("Connecting to the socket timed out") from None
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-        _apply(protocol, socket_options)
-        self.opened += 1
-        return _Stream(protocol)
+    # No `connect_unix_socket`: vendors are reached over TCP only (httpcore's base class
+    # refuses a Unix socket path).
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

@@ -142,6 +142,10 @@ class Answer:
         try:
             async for item in client.stream(self.request):
                 if isinstance(item, Delta):
+                    if "\x00" in item.text:
+                        # No database stores NUL in text (PostgreSQL refuses it): the answer
+                        # would be lost at its save. Both doors get the replacement character.
+                        item = replace(item, text=item.text.replace("\x00", "\ufffd"))
                     if item.text or item.rewind:
                         self._apply(item)
                         yield item

@@ -40,6 +40,7 @@ _HTML = (
     ' {"tool_calls":[{"name":"rm","arguments":{"path":"/"}}]}',
     " <b>bold</b>",
 )
+_CONTROL = (" nul\u0000byte", " bell\u0007", " escape\u001b[0m")
 _HUGE_UNIT = "emu-huge-event-0123456789abcdef "
 
 
@@ -78,6 +79,8 @@ def build_answer(user_text: str, plan: Plan, max_tokens: int | None = None) -> A
     tokens = base_tokens(user_text)
     if plan.html:
         tokens[1:1] = _HTML
+    if plan.control_chars:
+        tokens[1:1] = _CONTROL
     wanted = plan.n_tokens if plan.n_tokens is not None else max(DEFAULT_MIN_TOKENS, len(tokens))
     index = 0
     while len(tokens) < wanted:

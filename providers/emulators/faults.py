@@ -50,6 +50,9 @@ FAULT_PARAMS: dict[str, frozenset[str]] = {
     "huge-event": frozenset({"mb"}),
     "unknown-fields": frozenset(),
     "html": frozenset(),
+    # Control characters in the text, NUL included: JSON may carry any of them ("\u0000"),
+    # and nothing in a vendor's documents promises an answer without them.
+    "control-chars": frozenset(),
     "verbatim": frozenset(),
     "no-space": frozenset(),
     "close-delimited": frozenset(),
@@ -215,6 +218,7 @@ class Plan:
     huge_bytes: int = 0
     unknown_fields: bool = False
     html: bool = False
+    control_chars: bool = False
     verbatim: bool = False  # answer with the user's own text (magic removed), token by token
     eol: bytes = b"\n"
     split_crlf: bool = False
@@ -277,6 +281,8 @@ class Plan:
             self.unknown_fields = True
         elif kind == "html":
             self.html = True
+        elif kind == "control-chars":
+            self.control_chars = True
         elif kind == "verbatim":
             self.verbatim = True
         elif kind == "crlf":

@@ -86,3 +86,18 @@ def test_the_web_page_and_the_api_end_an_answer_the_same_way(
         api_row.prompt_tokens, api_row.completion_tokens)
     if web_text:
         assert web_row.completion_tokens > 0
+
+
+def test_a_nul_from_the_model_reaches_both_doors_as_a_replacement_character(
+    emulated: Any, api_server: Any, owner: Any, make_token: Any
+) -> None:
+    # PostgreSQL refuses NUL in text: kept as it came, the answer could not be saved at all.
+    emulated.script("cloudflare", "control-chars", times=None)
+    web_text, answer, _row = _web(emulated, owner, "llama-3.2-3b")
+    sent = _sent(emulated, "cloudflare")
+    api_text, _api_row = _api(api_server, make_token(owner), "llama-3.2-3b")
+    assert "\x00" in sent
+    expected = sent.replace("\x00", "\ufffd")
+    assert answer.status == MessageStatus.COMPLETE
+    assert web_text == api_text == expected
+    assert "\x07" in web_text  # other control characters are the page's to escape

@@ -11,7 +11,6 @@ before, and a busy one writes one batch at a time, however many streams there ar
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 import weakref
 from dataclasses import dataclass, field
@@ -22,15 +21,12 @@ from django.utils import timezone
 from conversations.models import Message, MessageStatus
 from conversations.runtime import off_loop, spawn
 
-# Answers' texts waiting to be written, each with the future its answer awaits.
-Batch = dict[uuid.UUID, tuple[str, asyncio.Future[bool]]]
-
 
 @dataclass
 class _Writer:
     """One event loop's queue of saves, and whether a batch is being written."""
 
-    waiting: Batch = field(default_factory=dict)
+    waiting: dict[uuid.UUID, tuple[str, asyncio.Future[bool]]] = field(default_factory=dict)
     writing: bool = False
 
 
@@ -61,34 +57,18 @@ async def _write_batches(writer: _Writer) -> None:
         while writer.waiting:
             batch, writer.waiting = writer.waiting, {}
             try:
-                await _write(batch)
-            except Exception:
-                if len(batch) == 1:
-                    continue  # its waiter has the exception
-                # One answer's text may be what the database refused: write each on its own,
-                # so that only its save fails, as when every answer saved alone.
-                for message_id, item in batch.items():
-                    with contextlib.suppress(Exception):
-                        await _write({message_id: item})
+                stopped = await off_loop(_save_partials)(
+                    {message_id: text for message_id, (text, _done) in batch.items()})
+            except Exception as exc:
+                for _text, done in batch.values():
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for message_id, (_text, done) in batch.items():
+                if not done.done():
+                    done.set_result(message_id in stopped)
     finally:
         writer.writing = False
-
-
-async def _write(batch: Batch) -> None:
-    """Write `batch` and settle its waiters; raise (after passing it on to a lone waiter) what
-    the database raised."""
-    try:
-        stopped = await off_loop(_save_partials)(
-            {message_id: text for message_id, (text, _done) in batch.items()})
-    except Exception as exc:
-        if len(batch) == 1:
-            (_text, done), = batch.values()
-            if not done.done():
-                done.set_exception(exc)
-        raise
-    for message_id, (_text, done) in batch.items():
-        if not done.done():
-            done.set_result(message_id in stopped)
 
 
 def _save_partials(texts: dict[uuid.UUID, str]) -> set[uuid.UUID]:

@@ -8,8 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
-from channels.db import database_sync_to_async
-from django.db import DatabaseError, connection
+from asgiref.sync import sync_to_async
 
 from conversations.answers.partials import save_partial
 from conversations.chat import services
@@ -19,7 +18,7 @@ from tests.support import model
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 
-@database_sync_to_async
+@sync_to_async
 def streaming_answers(owner: Any, count: int, **fields: Any) -> list[uuid.UUID]:
     """`count` answers left `streaming` (their runs finished; the rows are set back)."""
     ids = []
@@ -32,7 +31,7 @@ def streaming_answers(owner: Any, count: int, **fields: Any) -> list[uuid.UUID]:
     return ids
 
 
-@database_sync_to_async
+@sync_to_async
 def rows(ids: list[uuid.UUID]) -> list[Message]:
     by_id = Message.objects.in_bulk(ids)
     return [by_id[i] for i in ids]
@@ -61,7 +60,7 @@ async def test_a_save_alone_is_written_at_once(emulated: Any, owner: Any) -> Non
 async def test_a_stop_asked_meanwhile_is_reported_and_leaves_the_text_alone(
         emulated: Any, owner: Any) -> None:
     going, stopped = await streaming_answers(owner, 2)
-    await database_sync_to_async(Message.objects.filter(pk=stopped).update)(
+    await sync_to_async(Message.objects.filter(pk=stopped).update)(
         stop_requested=True, content="kept")
     results = await asyncio.gather(save_partial(going, "more"), save_partial(stopped, "lost?"))
     assert results == [False, True]
@@ -71,7 +70,7 @@ async def test_a_stop_asked_meanwhile_is_reported_and_leaves_the_text_alone(
 
 async def test_a_late_save_never_overwrites_a_finished_answer(emulated: Any, owner: Any) -> None:
     (done,) = await streaming_answers(owner, 1)
-    await database_sync_to_async(Message.objects.filter(pk=done).update)(
+    await sync_to_async(Message.objects.filter(pk=done).update)(
         status=MessageStatus.COMPLETE, content="the whole answer")
     assert await save_partial(done, "the whole") is False
     (row,) = await rows([done])
@@ -88,21 +87,3 @@ async def test_a_waiter_that_leaves_does_not_lose_the_others_results(
     assert await asyncio.gather(*staying) == [False, False]
     saved = await rows(ids[1:])
     assert [m.content for m in saved] == ["here", "here"]
-
-
-async def test_a_text_the_database_refuses_fails_only_its_own_save(
-        emulated: Any, owner: Any) -> None:
-    # PostgreSQL refuses a NUL character in text; SQLite stores it. Either way the other
-    # answer of the same batch is saved.
-    good, odd = await streaming_answers(owner, 2)
-    results = await asyncio.gather(save_partial(good, "fine"), save_partial(odd, "nul\x00"),
-                                   return_exceptions=True)
-    assert results[0] is False
-    a, b = await rows([good, odd])
-    assert a.content == "fine"
-    if connection.vendor == "postgresql":
-        assert isinstance(results[1], ValueError | DatabaseError)
-        assert b.content == ""
-    else:
-        assert results[1] is False
-        assert b.content == "nul\x00"

@@ -27,7 +27,6 @@ from conversations import events
 from conversations.answers import fallback, titles
 from conversations.answers.core import Answer, Outcome, outcome_fields, persist, record_usage
 from conversations.answers.history import request_for
-from conversations.answers.partials import save_partial
 from conversations.errors import NOT_PREPARED, ServiceError
 from conversations.models import Message, MessageStatus, UsageRecord
 from conversations.rendering import (
@@ -406,7 +405,7 @@ class Generation:
             now = time.monotonic()
             if self.answer.length != self.saved or now - last_beat >= heartbeat:
                 text = self.text
-                stop = await save_partial(self.message_id, text)
+                stop = await _save_partial(self.message_id, text)
                 self.saved, last_beat = len(text), now
                 if stop and not self.stop_requested:
                     self.request_stop()  # the stop event was missed; the flag was not
@@ -439,6 +438,21 @@ class Generation:
             await asyncio.shield(off_loop(_save_final)(message_id, outcome))
         except Exception:
             log.warning("could not save interrupted answer %s", self.message_id)
+
+
+@off_loop
+def _save_partial(message_id: uuid.UUID, text: str) -> bool:
+    """Save the partial text; returns True when a stop was requested meanwhile.
+
+    One statement in the usual case: the update skips a message whose stop was requested,
+    and only then (or when the message is no longer streaming) a second query tells which.
+    """
+    saved = Message.objects.filter(
+        pk=message_id, status=MessageStatus.STREAMING, stop_requested=False).update(
+        content=text, heartbeat_at=timezone.now())
+    if saved:
+        return False
+    return Message.objects.filter(pk=message_id, stop_requested=True).exists()
 
 
 def _exclude(ids: list[uuid.UUID]) -> None:

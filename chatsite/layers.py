@@ -57,15 +57,21 @@ class RateLimitedCleanupLayer(InMemoryChannelLayer):
         self._last_clean = now
         super()._clean_expired()
 
+    def _queue(self, channel: str) -> asyncio.Queue[Any]:
+        """The channel's queue, made (and its name checked) the first time the layer meets it.
+        Upstream builds a queue on every send and receive, to throw most away."""
+        queue = self.channels.get(channel)
+        if queue is None:
+            self.require_valid_channel_name(channel)
+            queue = self.channels[channel] = asyncio.Queue(maxsize=self.get_capacity(channel))
+        return queue
+
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         # Upstream's send, with `isolated` for its `deepcopy`, and the name checked only when
         # the channel is new to the layer (a queue exists only for a name that was checked).
         assert isinstance(message, dict), "message is not a dict"
         assert "__asgi_channel__" not in message
-        queue = self.channels.get(channel)
-        if queue is None:  # (upstream builds a queue on every send, to throw most away)
-            self.require_valid_channel_name(channel)
-            queue = self.channels[channel] = asyncio.Queue(maxsize=self.get_capacity(channel))
+        queue = self._queue(channel)
         try:
             queue.put_nowait((time.time() + self.expiry, isolated(message)))
         except asyncio.QueueFull:
@@ -76,10 +82,7 @@ class RateLimitedCleanupLayer(InMemoryChannelLayer):
         # consumer waiting for its next frame had a fresh queue made for each one. The queue is
         # kept while its consumer keeps receiving, and dropped, as upstream, when a receive
         # ends without a message (the consumer went away) and nothing is waiting in it.
-        queue = self.channels.get(channel)
-        if queue is None:
-            self.require_valid_channel_name(channel)
-            queue = self.channels[channel] = asyncio.Queue(maxsize=self.get_capacity(channel))
+        queue = self._queue(channel)
         self._clean_expired()
         try:
             _expires, message = await queue.get()

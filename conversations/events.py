@@ -151,14 +151,18 @@ def error_frame(code: str, message: str) -> Event:
     return frame("error", code=code, message=message)
 
 
-def hello_frame(conversation: str | None, access: str, active: list[Event]) -> Event:
-    return frame("hello", conversation=conversation, access=access, active=active)
+def hello_frame(conversation: str | None, access: str, active: list[Event],
+                title: str = "") -> Event:
+    """The first frame. `title` is the stored title ("" for none yet), so a page that connected
+    after a title was generated, or reconnected, shows it without a reload."""
+    return frame("hello", conversation=conversation, access=access, active=active, title=title)
 
 
 # --- publishing ---------------------------------------------------------------------------------
 # A lost live frame costs a viewer nothing (the next offset shows the gap and the page asks
-# for a snapshot); a lost final state leaves a page showing "writing". Those are retried.
-_RETRIED = frozenset({STATE, NEW, REVOKED})
+# for a snapshot); a lost final state leaves a page showing "writing", a lost title an old one.
+# Those are retried.
+_RETRIED = frozenset({STATE, NEW, REVOKED, CONVERSATION})
 _RETRY_DELAYS = (0.05, 0.2, 0.5)
 
 

@@ -26,7 +26,7 @@ from conversations import bounded_json, events
 from conversations.access import Access, aconversation_access
 from conversations.answers import drain
 from conversations.errors import answer_error_text
-from conversations.models import ACTIVE_STATUSES, Message
+from conversations.models import ACTIVE_STATUSES, Conversation, Message
 from conversations.runtime import off_loop
 from conversations.sharing import links
 
@@ -170,9 +170,9 @@ class ConversationConsumer(AsyncWebsocketConsumer):
             self.joined.append(group)
         await self.accept()
         _open.add(self)
-        active = await _active_messages(self.conversation_id)
+        title, active = await _opening(self.conversation_id)
         await self._send(events.hello_frame(str(self.conversation_id),
-                                            self.access.name.lower(), active))
+                                            self.access.name.lower(), active, title))
         for item in active:
             await self._ask_snapshot(item["id"])
 
@@ -326,11 +326,19 @@ class ConversationConsumer(AsyncWebsocketConsumer):
 
 
 @off_loop
-def _active_messages(conversation_id: Any) -> list[dict[str, Any]]:
+def _opening(conversation_id: Any) -> tuple[str, list[dict[str, Any]]]:
+    """The title and the answers being written, read after the socket joined its groups.
+
+    Anything published before the join (a title generated while the page was still
+    connecting, an answer faster than the POST's reply) is in these rows; anything after it
+    arrives as a frame.
+    """
+    title = Conversation.objects.filter(pk=conversation_id).values_list(
+        "title", flat=True).first() or ""
     rows = Message.objects.filter(conversation_id=conversation_id,
                                   status__in=ACTIVE_STATUSES).order_by("seq")
-    return [{"id": str(m.pk), "seq": m.seq, "status": m.status, "text": m.content}
-            for m in rows]
+    return title, [{"id": str(m.pk), "seq": m.seq, "status": m.status, "text": m.content}
+                   for m in rows]
 
 
 @off_loop
@@ -406,8 +414,8 @@ class ShareConsumer(ConversationConsumer):
             await self.channel_layer.group_add(group, self.channel_name)
             self.joined.append(group)
         await self.accept()
-        active = await _active_messages(self.conversation_id) if share.live else []
-        await self._send(events.hello_frame(None, "read", active))
+        title, active = (await _opening(self.conversation_id)) if share.live else ("", [])
+        await self._send(events.hello_frame(None, "read", active, title))
         for item in active:
             await self._ask_snapshot(item["id"])
 

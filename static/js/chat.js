@@ -396,6 +396,8 @@ function Conversation(root) {
   function handle(frame) {
     switch (frame.type) {
       case "hello": {
+        // A title generated while this page was connecting (or away) came before the socket.
+        if (frame.title) showTitle(frame.title);
         const active = new Set(frame.active.map((item) => item.seq));
         for (const seq of active) {
           const el = document.getElementById(`m-${seq}`);

@@ -131,6 +131,26 @@ async def test_a_client_that_missed_the_whole_answer_gets_its_final_state_on_res
     await socket.disconnect()
 
 
+async def test_a_page_that_connects_after_the_title_was_written_gets_it_in_hello(
+    emulated: Any, owner: Any
+) -> None:
+    # The title model can finish while the page is still connecting (or is reconnecting): its
+    # `conversation` frame went to nobody, so `hello` carries the stored title.
+    conversation, _answer = await _start(owner, "Untitled yet [[emu:tokens n=3]]")
+    socket = await _socket(owner, conversation)
+    assert (await socket.connect())[0]
+    assert (await Viewer(socket).next())["title"] == ""
+    await socket.disconnect()
+
+    await database_sync_to_async(Conversation.objects.filter(pk=conversation.pk).update)(
+        title="Zip in Python", title_is_auto=True)
+    again = await _socket(owner, conversation)
+    assert (await again.connect())[0]
+    hello = await Viewer(again).next()
+    assert hello["type"] == "hello" and hello["title"] == "Zip in Python"
+    await again.disconnect()
+
+
 async def test_an_outsider_is_refused_and_receives_nothing(emulated: Any, owner: Any,
                                                            outsider: Any) -> None:
     conversation, answer = await _start(owner, "Private [[emu:tokens n=10]]")

@@ -30,9 +30,14 @@ WITH RECURSIVE path(id, parent_id, seq, counted) AS (
 _PATH_SQL = _WALK + """
 SELECT id, parent_id, seq FROM path WHERE seq < %(bound)s ORDER BY seq DESC LIMIT %(rows)s
 """
-# The same walk, unbounded, returning the branch's full rows in the same statement.
+# The same walk, unbounded, returning the branch's full rows in the same statement, each with
+# whether images or documents hang on it: most branches have neither, and the answer core then
+# reads neither (two statements fewer before the vendor call).
 _BRANCH_SQL = _WALK + """
-SELECT * FROM conversations_message WHERE id IN (SELECT id FROM path) ORDER BY seq
+SELECT m.*,
+       EXISTS (SELECT 1 FROM conversations_attachment a WHERE a.message_id = m.id) AS has_images,
+       EXISTS (SELECT 1 FROM conversations_document d WHERE d.message_id = m.id) AS has_documents
+FROM conversations_message m WHERE m.id IN (SELECT id FROM path) ORDER BY m.seq
 """
 NO_BOUND = 2**31 - 1
 
@@ -71,11 +76,18 @@ def path_up_ids(conversation_id: uuid.UUID, start: uuid.UUID
 
 def history_for(assistant: Message) -> list[Message]:
     """The messages a model sees for this answer: the branch up to its user prompt, oldest
-    first, read once (the answer core hands it on instead of walking the branch again)."""
+    first, read once (the answer core hands it on instead of walking the branch again).
+    Each carries `has_images` and `has_documents` (see `branch_has`)."""
     if assistant.parent_id is None:
         return []
     params = _walk_params(assistant.conversation_id, assistant.parent_id, NO_BOUND, NO_BOUND)
     return list(Message.objects.raw(_BRANCH_SQL, params))
+
+
+def branch_has(branch: list[Message], flag: str) -> bool:
+    """Whether any message of a branch `history_for` read has images (`flag` "has_images") or
+    documents ("has_documents"). A message read otherwise counts as having them."""
+    return any(bool(getattr(message, flag, True)) for message in branch)
 
 
 def latest_leaf_under(conversation: Conversation, message_id: uuid.UUID) -> uuid.UUID:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from decimal import Decimal
 from ipaddress import ip_address
@@ -9,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
@@ -17,6 +19,7 @@ from django.db.models import Q, QuerySet
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_variables
 
+from chatsite.compiled import Compiled
 from providers import crypto
 from providers.base import ProviderConfig, ProviderError
 from providers.catalogue import OFFICIAL_BASE_URLS
@@ -250,6 +253,32 @@ class ModelConfigQuerySet(QuerySet["ModelConfig"]):
         if getattr(user, "is_superuser", False):
             return qs
         return qs.filter(Q(groups__isnull=True) | Q(groups__user=user)).distinct()
+
+
+@functools.cache
+def _visible_one(superuser: bool) -> Compiled:
+    """`visible_to` narrowed to one model, compiled once (chatsite/compiled.py): every message
+    asks it before it is stored."""
+    user_model = get_user_model()
+
+    def build(model: int, user: int = 0) -> QuerySet[Any, Any]:
+        viewer = user_model(pk=user, is_active=True, is_superuser=superuser)
+        return (ModelConfig.objects.visible_to(viewer).filter(pk=model)
+                .values_list("pk", flat=True)[:1])
+
+    pk = user_model._meta.pk
+    assert pk is not None
+    if superuser:  # a superuser sees every usable model: the user is not in the query
+        return Compiled(build, model=ModelConfig._meta.get_field("id"))
+    return Compiled(build, model=ModelConfig._meta.get_field("id"), user=pk)
+
+
+def is_visible_to(user: AbstractBaseUser | AnonymousUser, model_pk: int) -> bool:
+    """`ModelConfig.objects.visible_to(user).filter(pk=model_pk).exists()`, without building it."""
+    if not user.is_authenticated or not user.is_active:
+        return False
+    return bool(_visible_one(bool(getattr(user, "is_superuser", False))).rows(
+        user=user.pk, model=model_pk))
 
 
 class ModelConfig(models.Model):

@@ -66,6 +66,12 @@ def closed(models: Sequence[ModelConfig]) -> list[ModelConfig]:
     return [m for m in models if not breaker.is_open(m.provider.kind)]
 
 
+def breaker_open(model: ModelConfig) -> bool:
+    """Whether `model`'s provider's breaker is open: only then may an answer start elsewhere
+    (one read of the shared cache; the fallbacks themselves are read only when it is)."""
+    return breaker.state(model.provider.kind).open
+
+
 def open_reason(model: ModelConfig, fallbacks: Sequence[ModelConfig]) -> str:
     """Why an answer should start on a fallback right away: its provider's breaker is open and
     a fallback's is not. "" when it should start on its own model."""

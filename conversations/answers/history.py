@@ -26,7 +26,7 @@ from conversations.documents.context import for_prompt as documents_context
 from conversations.errors import ServiceError
 from conversations.images.attachments import fitted_part
 from conversations.models import Attachment, Message
-from conversations.tree import history_for
+from conversations.tree import branch_has, history_for
 from providers.base import ChatRequest, ImagePart, Role
 from providers.base import Message as WireMessage
 from providers.models import ModelConfig
@@ -138,7 +138,7 @@ def request_for(answer: Message) -> Shaped:
     model = answer.model or conversation.model
     branch = history_for(answer)
     history = _usable(branch)
-    images = _attachments_by_message(branch)
+    images = _attachments_by_message(branch) if branch_has(branch, "has_images") else {}
     kept = {m.pk for m in history}
     carried: list[Attachment] = []  # images of prompts left out go with the next one sent
     turns: list[Turn] = []
@@ -150,7 +150,8 @@ def request_for(answer: Message) -> Shaped:
         if message.role == Message.Role.USER and carried:
             own, carried = [*carried, *own], []
         turns.append((_role(message), message.content, own))
-    if answer.parent is not None and turns and turns[-1][0] == "user":
+    if (answer.parent is not None and turns and turns[-1][0] == "user"
+            and branch_has(branch, "has_documents")):
         # Documents of the branch, quoted before the latest question (documents/context.py).
         quoted = documents_context(model, conversation.system_prompt, answer.parent,
                                    (conversation.params or {}).get("max_tokens"),

@@ -71,7 +71,10 @@ class Job:
     message: Message
     request: ChatRequest
     sources: tuple[uuid.UUID, ...] = ()  # the stored message of each of request.messages
-    fallbacks: tuple[ModelConfig, ...] = ()  # the models left to try (answers/fallback.py)
+    # The models left to try (answers/fallback.py). None: not read yet. They are read before
+    # the first call only when the model's breaker is open; otherwise on the first failure a
+    # fallback may cure (most answers never fail: the read stays off the way to the vendor).
+    fallbacks: tuple[ModelConfig, ...] | None = None
 
 
 @dataclass
@@ -135,10 +138,13 @@ def _carries_relations(message: Message) -> bool:
 
 
 def _with_fallbacks(job: Job) -> Job:
-    """The job with its model's fallbacks; started on the first one at once when its own
-    provider's circuit breaker is open (answers/fallback.py)."""
+    """The job, started on its model's first fallback at once when its own provider's circuit
+    breaker is open (answers/fallback.py); the fallbacks are read only then."""
+    model = job.message.model
+    if model is None or not fallback.breaker_open(model):
+        return job
     fallbacks = fallback.candidates(job.message)
-    reason = fallback.open_reason(job.message.model, fallbacks) if job.message.model else ""
+    reason = fallback.open_reason(model, fallbacks)
     switched = fallback.switch_web(job.message.pk, fallbacks, reason) if reason else None
     if switched is None:
         return replace(job, fallbacks=tuple(fallbacks))
@@ -269,8 +275,12 @@ class Generation:
     async def _fall_back(self, exc: ProviderError) -> bool:
         """Failed before the first token with a curable kind: continue on the next fallback
         model (answers/fallback.py). False when the error stands."""
-        if (self.answer.first_token is not None or not self.job.fallbacks
-                or not fallback.curable(exc)):
+        if self.answer.first_token is not None or not fallback.curable(exc):
+            return False
+        if self.job.fallbacks is None:
+            self.job = replace(self.job, fallbacks=tuple(
+                await off_loop(fallback.candidates)(self.job.message)))
+        if not self.job.fallbacks:
             return False
         switched = await off_loop(fallback.switch_web)(self.message_id, self.job.fallbacks,
                                                        exc.kind.value)

@@ -34,12 +34,12 @@ from conversations.sharing.links import share_group
 from conversations.tree import latest_leaf_under
 from conversations.usage import accounting
 from providers.base import ProviderError
-from providers.models import ModelConfig
+from providers.models import ModelConfig, is_visible_to
 from providers.params import validate_params
 
 
 def _check_model(user: Any, model: ModelConfig | None) -> ModelConfig:
-    if model is None or not ModelConfig.objects.visible_to(user).filter(pk=model.pk).exists():
+    if model is None or not is_visible_to(user, model.pk):
         raise ServiceError("model_unavailable",
                            _("This model is not available. Pick another one."), 400)
     return model

@@ -13,6 +13,7 @@ from django.db.models import Count, Min, Q, Sum
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from chatsite.compiled import Compiled, as_datetime
 from conversations.errors import ServiceError
 from conversations.models import Budget, UsageRecord
 from providers.models import ModelConfig
@@ -93,6 +94,27 @@ def _check_budget(budget: Budget, records: Any, who: str, now: datetime) -> str 
     return warning
 
 
+def _answer_counts_query(user: int, since: datetime, minute_ago: datetime, stale: datetime
+                         ) -> Any:
+    in_minute = Q(started_at__gte=minute_ago)
+    running = Q(started_at__gte=stale) & (
+        Q(message__isnull=True, finished_at__isnull=True)
+        | Q(message__status__in=["queued", "streaming"]))
+    # Grouped by the one user it filters on: one row (or none), as a queryset that compiles.
+    return (UsageRecord.objects.filter(user=user, purpose=UsageRecord.Purpose.ANSWER,
+                                       started_at__gte=since)
+            .values("user").annotate(recent=Count("pk", filter=in_minute),
+                                     first=Min("started_at", filter=in_minute),
+                                     running=Count("pk", filter=running))
+            .values_list("recent", "first", "running").order_by())
+
+
+# Every message's first statement under the lock: compiled once (chatsite/compiled.py).
+_started = UsageRecord._meta.get_field("started_at")
+_ANSWER_COUNTS = Compiled(_answer_counts_query, user=UsageRecord._meta.get_field("user"),
+                          since=_started, minute_ago=_started, stale=_started)
+
+
 def _answer_counts(user: Any, minute_ago: datetime, stale: datetime
                    ) -> tuple[int, datetime | None, int]:
     """(answers started in the last minute, the first of them, answers running now) in one
@@ -103,16 +125,12 @@ def _answer_counts(user: Any, minute_ago: datetime, stale: datetime
     message is active; an API answer while its record is open (recent ones only: a crashed
     process never holds a slot for long).
     """
-    in_minute = Q(started_at__gte=minute_ago)
-    running = Q(started_at__gte=stale) & (
-        Q(message__isnull=True, finished_at__isnull=True)
-        | Q(message__status__in=["queued", "streaming"]))
-    totals = UsageRecord.objects.filter(
-        user=user, purpose=UsageRecord.Purpose.ANSWER,
-        started_at__gte=min(minute_ago, stale)).aggregate(
-        recent=Count("pk", filter=in_minute), first=Min("started_at", filter=in_minute),
-        running=Count("pk", filter=running))
-    return totals["recent"] or 0, totals["first"], totals["running"] or 0
+    rows = _ANSWER_COUNTS.rows(user=user.pk, since=min(minute_ago, stale),
+                               minute_ago=minute_ago, stale=stale)
+    if not rows:
+        return 0, None, 0
+    recent, first, running = rows[0]
+    return recent or 0, as_datetime(first), running or 0
 
 
 def check_limits(user: Any, *, team_id: int | None = None, prompt_chars: int = 0,

@@ -1,32 +1,40 @@
 """Hot reads compiled once: the ORM writes a queryset's SQL the first time, the cursor runs it.
 
 Django builds and compiles a query in Python every time one runs: 0.5-2.5 ms per statement on
-a small VM, many times what SQLite or PostgreSQL then takes to answer it. The few reads on the
-way from Send to the vendor have one shape and change only their values, so each is a
-`Compiled`: its queryset is built once per database vendor from sample values (the rule stays
-in the queryset, written once with the ORM), and each call puts the real values in the
-parameter list and runs the SQL through the connection's cursor (the same wrappers, the same
-transaction, the same instrumentation as the ORM's own statements).
+a small VM, ten or more times what SQLite then takes to answer it. The reads on the way from
+Send to the vendor have one shape each and change only their values, so each is a `Compiled`:
+its queryset is built once per database connection from sample values (the rule stays in the
+queryset, written with the ORM), and each call puts the real values in the parameter list, runs
+the SQL through the connection's cursor (the same wrappers, transaction and instrumentation as
+the ORM's own statements) and turns the rows into values or model instances with the ORM's own
+converters and populators.
 
-Only for shapes the values cannot change: a value the ORM treats specially (None, an empty
-list) is refused rather than compiled into the wrong SQL.
+Only for shapes the values cannot change: a value the ORM treats specially (None, a list) is
+refused rather than compiled into the wrong SQL.
 """
 
 from __future__ import annotations
 
 import datetime
 import itertools
-import threading
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connection
-from django.db.models import Field, QuerySet
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Field, Model, QuerySet
+from django.db.models.query import get_related_populators
+from django.db.models.sql.compiler import SQLCompiler
 
 Row = tuple[Any, ...]
+T = TypeVar("T", bound=Model)
 _samples = itertools.count(1)
+_INTEGERS = {"AutoField", "BigAutoField", "SmallAutoField", "IntegerField", "BigIntegerField",
+             "PositiveIntegerField", "PositiveBigIntegerField"}
 
 
 def _sample(field: Field[Any, Any]) -> Any:
@@ -39,65 +47,96 @@ def _sample(field: Field[Any, Any]) -> Any:
     if kind == "DateTimeField":
         return datetime.datetime(1901, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(
             seconds=n * 7919)
-    if kind in {"AutoField", "BigAutoField", "IntegerField", "BigIntegerField",
-                "PositiveIntegerField"}:
+    if kind in _INTEGERS:
         return -(7_000_000_000 + n)
     raise ImproperlyConfigured(f"Compiled: no sample value for a {kind}.")
 
 
-class Compiled:
-    """One read: `build(**samples)` gives its queryset; `rows(**values)` runs it.
+@dataclass
+class _Shape:
+    """One connection's compiled statement, and what turns its rows into results."""
+
+    sql: str
+    params: tuple[Any, ...]
+    slots: list[tuple[int, str]]  # (index in params, value name)
+    compiler: SQLCompiler
+    converters: Any
+    builds: tuple[Any, int, int, list[str], list[Any]] | None = None  # for objects()
+
+
+class Compiled(Generic[T]):
+    """One read: `build(**samples)` gives its queryset; `rows(**values)` or
+    `objects(**values)` runs it.
 
     `fields` names each value and the model field that adapts it to the database (a foreign
-    key's target's primary key, a DateTimeField...), as the ORM would for that lookup.
+    key, a DateTimeField...), as the ORM would for that lookup.
     """
 
-    def __init__(self, build: Callable[..., QuerySet[Any, Any]],
+    def __init__(self, build: Callable[..., QuerySet[T, Any]],
                  **fields: Field[Any, Any]) -> None:
         self.build = build
         self.fields = fields
-        self._shapes: dict[str, tuple[str, tuple[Any, ...], list[tuple[int, str]]]] = {}
-        self._lock = threading.Lock()
+        # Per connection object: each thread has its own, and the compiler keeps it.
+        self._shapes: weakref.WeakKeyDictionary[BaseDatabaseWrapper, _Shape] = (
+            weakref.WeakKeyDictionary())
 
-    def _shape(self) -> tuple[str, tuple[Any, ...], list[tuple[int, str]]]:
-        shape = self._shapes.get(connection.vendor)
+    def _shape(self, db: BaseDatabaseWrapper) -> _Shape:
+        shape = self._shapes.get(db)
         if shape is not None:
             return shape
-        with self._lock:
-            samples = {name: _sample(field) for name, field in self.fields.items()}
-            query = self.build(**samples).query
-            sql, params = query.get_compiler(connection=connection).as_sql()
-            slots: list[tuple[int, str]] = []
-            for name, field in self.fields.items():
-                adapted = field.get_db_prep_value(samples[name], connection)
-                found = [i for i, param in enumerate(params) if param == adapted]
-                if not found:
-                    raise ImproperlyConfigured(f"Compiled: {name} is not a parameter.")
-                slots += [(i, name) for i in found]
-            shape = (sql, tuple(params), slots)
-            self._shapes[connection.vendor] = shape
+        samples = {name: _sample(field) for name, field in self.fields.items()}
+        compiler = self.build(**samples).query.get_compiler(connection=db)
+        sql, params = compiler.as_sql()
+        slots: list[tuple[int, str]] = []
+        for name, field in self.fields.items():
+            adapted = field.get_db_prep_value(samples[name], db)
+            found = [i for i, param in enumerate(params) if param == adapted]
+            if not found:
+                raise ImproperlyConfigured(f"Compiled: {name} is not a parameter.")
+            slots += [(i, name) for i in found]
+        columns = [s[0] for s in compiler.select[0:compiler.col_count]]
+        shape = _Shape(sql, tuple(params), slots, compiler, compiler.get_converters(columns))
+        self._shapes[db] = shape
         return shape
 
-    def params(self, **values: Any) -> list[Any]:
-        sql_params = list(self._shape()[1])
-        for index, name in self._shape()[2]:  # values not in `fields` are not in the SQL
+    def _run(self, values: dict[str, Any]) -> tuple[_Shape, list[Any]]:
+        db = connections[DEFAULT_DB_ALIAS]
+        shape = self._shape(db)
+        params = list(shape.params)
+        for index, name in shape.slots:
             value = values[name]
             if value is None or (isinstance(value, Sequence) and not isinstance(value, str)):
                 raise ValueError(f"Compiled: {name} must be a single value, not {value!r}.")
-            sql_params[index] = self.fields[name].get_db_prep_value(value, connection)
-        return sql_params
+            params[index] = self.fields[name].get_db_prep_value(value, db)
+        with db.cursor() as cursor:
+            cursor.execute(shape.sql, params)
+            rows = cursor.fetchall()
+        if shape.converters:
+            rows = list(shape.compiler.apply_converters(rows, shape.converters))
+        return shape, rows
 
     def rows(self, **values: Any) -> list[Row]:
-        sql = self._shape()[0]
-        params = self.params(**values)
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return list(cursor.fetchall())
+        """The selected columns of each row, converted as the ORM converts them."""
+        return [tuple(row) for row in self._run(values)[1]]
 
-
-def as_datetime(value: Any) -> datetime.datetime | None:
-    """A datetime read through the cursor: SQLite returns text (UTC), PostgreSQL a datetime."""
-    if value is None or isinstance(value, datetime.datetime):
-        return value
-    parsed = datetime.datetime.fromisoformat(str(value))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+    def objects(self, **values: Any) -> list[T]:
+        """Model instances (with what the queryset selected related), as the ORM builds them."""
+        shape, rows = self._run(values)
+        if shape.builds is None:
+            compiler = shape.compiler
+            klass_info = compiler.klass_info
+            assert klass_info is not None, "Compiled.objects needs a queryset of instances"
+            fields = klass_info["select_fields"]
+            start, end = fields[0], fields[-1] + 1
+            names = [column[0].target.attname for column in compiler.select[start:end]]
+            populators = get_related_populators(  # type: ignore[call-arg]  # stubs: Django 6
+                klass_info, compiler.select, compiler.using or DEFAULT_DB_ALIAS)
+            shape.builds = (klass_info["model"], start, end, names, populators)
+        model, start, end, names, populators = shape.builds
+        found = []
+        for row in rows:
+            instance = model.from_db(shape.compiler.using, names, row[start:end])
+            for populator in populators:
+                populator.populate(row, instance)
+            found.append(instance)
+        return found

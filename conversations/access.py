@@ -14,6 +14,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Q, QuerySet
 from django.http import Http404
 
+from chatsite.compiled import Compiled
 from conversations.models import (
     Attachment,
     Conversation,
@@ -103,11 +104,16 @@ def _parse_uuid(value: Any) -> uuid.UUID:
         raise Http404 from None
 
 
+# Every request to a conversation reads it first: compiled once (chatsite/compiled.py).
+_CONVERSATION = Compiled(
+    lambda pk: Conversation.objects.select_related("model", "model__provider").filter(pk=pk),
+    pk=Conversation._meta.get_field("id"))
+
+
 def get_conversation_for(user: Viewer, conversation_id: Any, need: Access) -> Conversation:
     """The conversation if `user` has at least `need` on it; Http404 otherwise."""
-    pk = _parse_uuid(conversation_id)
-    conversation = (Conversation.objects.select_related("model", "model__provider")
-                    .filter(pk=pk).first())
+    found = _CONVERSATION.objects(pk=_parse_uuid(conversation_id))
+    conversation = found[0] if found else None
     if conversation is None or conversation_access(user, conversation) < need:
         raise Http404
     return conversation

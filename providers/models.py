@@ -256,7 +256,7 @@ class ModelConfigQuerySet(QuerySet["ModelConfig"]):
 
 
 @functools.cache
-def _visible_one(superuser: bool) -> Compiled:
+def _visible_one(superuser: bool) -> Compiled[ModelConfig]:
     """`visible_to` narrowed to one model, compiled once (chatsite/compiled.py): every message
     asks it before it is stored."""
     user_model = get_user_model()

@@ -23,6 +23,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone, translation
 
+from chatsite.compiled import Compiled
 from conversations import events
 from conversations.answers import fallback, titles
 from conversations.answers.core import Answer, Outcome, outcome_fields, persist, record_usage
@@ -469,13 +470,21 @@ def _exclude(ids: list[uuid.UUID]) -> None:
     Message.objects.filter(pk__in=ids).update(context_excluded=True)
 
 
+# The two reads of every answer's end, compiled once (chatsite/compiled.py).
+_FINISHING = Compiled(lambda pk: Message.objects.select_related("model").filter(pk=pk),
+                      pk=Message._meta.get_field("id"))
+_LEDGER_ROW = Compiled(lambda message: UsageRecord.objects.filter(message=message),
+                       message=UsageRecord._meta.get_field("message"))
+
+
 def _save_final(message_id: uuid.UUID, outcome: Outcome,
                 rendered: tuple[str, str] | None = None) -> Message | None:
     """The message's final fields and its ledger row; None when it was deleted meanwhile.
     `rendered`: (text, its HTML) when the streamed blocks already rendered the whole answer."""
-    message = Message.objects.select_related("model").filter(pk=message_id).first()
-    if message is None:
+    found = _FINISHING.objects(pk=message_id)
+    if not found:
         return None
+    message = found[0]
     for key, value in outcome_fields(outcome).items():
         setattr(message, key, value)
     if message.model and (message.prompt_tokens or message.completion_tokens):
@@ -488,7 +497,7 @@ def _save_final(message_id: uuid.UUID, outcome: Outcome,
             remember_rendered(message.content, rendered[1])
         else:
             render_markdown_cached(message.content)
-    usage = UsageRecord.objects.filter(message=message).first()
+    usage = next(iter(_LEDGER_ROW.objects(message=message.pk)), None)
     if usage is not None and message.model is not None:
         record_usage(usage, message.model, outcome)
     return message

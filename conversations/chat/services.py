@@ -15,6 +15,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils.translation import gettext as _
 
+from chatsite.compiled import Compiled
 from conversations import events
 from conversations.access import Access, preset_access
 from conversations.answers import drain, jobs, titles
@@ -122,6 +123,31 @@ def _existing_pair(conversation: Conversation, client_id: uuid.UUID,
     return PostResult(user_message, assistant, created=False)
 
 
+# The reads of every message's transaction, compiled once (chatsite/compiled.py): they run
+# under the write lock, where each millisecond of Python is one every other writer waits.
+_LOCKED = Compiled(lambda pk: Conversation.objects.select_for_update().filter(pk=pk),
+                   pk=Conversation._meta.get_field("id"))
+_SENT = Compiled(
+    lambda conversation, client_id: Message.objects.filter(conversation=conversation,
+                                                           client_id=client_id),
+    conversation=Message._meta.get_field("conversation"),
+    client_id=Message._meta.get_field("client_id"))
+_SENT_OR_LEAF = Compiled(
+    lambda conversation, client_id, leaf: Message.objects.filter(conversation=conversation)
+    .filter(Q(client_id=client_id) | Q(pk=leaf)),
+    conversation=Message._meta.get_field("conversation"),
+    client_id=Message._meta.get_field("client_id"), leaf=Message._meta.get_field("id"))
+
+
+def _locked(conversation: Conversation) -> Conversation:
+    """The conversation, locked until the transaction ends (PostgreSQL: its row; SQLite: the
+    write lock, taken at BEGIN). The caller's object may be stale: this one is not."""
+    found = _LOCKED.objects(pk=conversation.pk)
+    if not found:
+        raise Conversation.DoesNotExist
+    return found[0]
+
+
 def _sent_and_leaf(locked: Conversation, client_id: uuid.UUID) -> Message | None:
     """Under the conversation's lock, one read: a prompt already stored with this client_id
     (returned), and the active leaf (put on `locked`, for `_parent_for_new_prompt`).
@@ -130,8 +156,11 @@ def _sent_and_leaf(locked: Conversation, client_id: uuid.UUID) -> Message | None
     one: on PostgreSQL a locking statement that waited re-reads the locked row, but not the rows
     joined to it, so a joined leaf could be the one from before the other writer committed."""
     sent = leaf = None
-    for row in Message.objects.filter(conversation=locked).filter(
-            Q(client_id=client_id) | Q(pk=locked.active_leaf_id)):
+    rows = (_SENT_OR_LEAF.objects(conversation=locked.pk, client_id=client_id,
+                                  leaf=locked.active_leaf_id)
+            if locked.active_leaf_id else
+            _SENT.objects(conversation=locked.pk, client_id=client_id))
+    for row in rows:
         if row.client_id == client_id:
             sent = row
         if row.pk == locked.active_leaf_id:
@@ -176,7 +205,7 @@ def message_post(user: Any, conversation: Conversation, *, text: str, client_id:
         with transaction.atomic():
             # Locks in one order everywhere (the conversation, then the user), so that two
             # people writing into one conversation cannot deadlock.
-            locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+            locked = _locked(conversation)
             # One step per user: the limits and the ledger row they guard (T22).
             accounting.lock_user(user)
             # A repeated client_id gets the first pair, even while that answer is running (F10):

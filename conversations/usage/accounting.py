@@ -13,7 +13,7 @@ from django.db.models import Count, Min, Q, Sum
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from chatsite.compiled import Compiled, as_datetime
+from chatsite.compiled import Compiled
 from conversations.errors import ServiceError
 from conversations.models import Budget, UsageRecord
 from providers.models import ModelConfig
@@ -130,7 +130,7 @@ def _answer_counts(user: Any, minute_ago: datetime, stale: datetime
     if not rows:
         return 0, None, 0
     recent, first, running = rows[0]
-    return recent or 0, as_datetime(first), running or 0
+    return recent or 0, first, running or 0
 
 
 def check_limits(user: Any, *, team_id: int | None = None, prompt_chars: int = 0,

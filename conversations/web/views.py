@@ -17,6 +17,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_GET, require_POST
 
+from chatsite.compiled import Compiled
 from conversations import audit
 from conversations.access import (
     Access,
@@ -222,6 +223,11 @@ def _message_html(request: HttpRequest, conversation: Conversation, message: Mes
         "can_continue": True}, request=request)
 
 
+# The answer as it is when the POST replies: read once per message (chatsite/compiled.py).
+_ANSWER_NOW = Compiled(lambda pk: Message.objects.select_related("model").filter(pk=pk),
+                       pk=Message._meta.get_field("id"))
+
+
 @login_required
 @require_POST
 def message_post(request: HttpRequest, conversation_id: uuid.UUID) -> HttpResponse:
@@ -248,8 +254,10 @@ def message_post(request: HttpRequest, conversation_id: uuid.UUID) -> HttpRespon
             flash.warning(request, warning)
     if _wants_json(request):
         # The answer as it is now (the runner may have claimed it), with its model, read once.
-        result.assistant_message = Message.objects.select_related("model").get(
-            pk=result.assistant_message.pk)
+        now = _ANSWER_NOW.objects(pk=result.assistant_message.pk)
+        if not now:  # the conversation was deleted meanwhile
+            raise Http404
+        result.assistant_message = now[0]
         return JsonResponse({
             "created": result.created, "replace_thread": edit_of is not None,
             "warnings": result.warnings,

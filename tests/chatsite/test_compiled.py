@@ -13,7 +13,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from chatsite.compiled import Compiled, as_datetime
+from chatsite.compiled import Compiled
 from conversations.chat import services
 from conversations.models import Message, UsageRecord
 from conversations.usage import accounting
@@ -96,9 +96,3 @@ def test_it_runs_one_statement_through_the_connection_and_refuses_values_it_cann
         statement.rows(user=None, since=timezone.now())
     with pytest.raises(ValueError):
         statement.rows(user=[owner.pk], since=timezone.now())
-
-
-def test_datetimes_read_through_the_cursor_are_aware() -> None:
-    assert as_datetime(None) is None
-    parsed = as_datetime("2026-12-07 10:11:12.000345")
-    assert parsed is not None and parsed.tzinfo is not None and parsed.microsecond == 345

@@ -61,7 +61,8 @@ class _Shape:
     slots: list[tuple[int, str]]  # (index in params, value name)
     compiler: SQLCompiler
     converters: Any
-    builds: tuple[Any, int, int, list[str], list[Any]] | None = None  # for objects()
+    # For objects(): the model, its columns' span and names, populators, annotations.
+    builds: tuple[Any, int, int, list[str], list[Any], list[tuple[str, int]]] | None = None
 
 
 class Compiled(Generic[T]):
@@ -131,12 +132,15 @@ class Compiled(Generic[T]):
             names = [column[0].target.attname for column in compiler.select[start:end]]
             populators = get_related_populators(  # type: ignore[call-arg]  # stubs: Django 6
                 klass_info, compiler.select, compiler.using or DEFAULT_DB_ALIAS)
-            shape.builds = (klass_info["model"], start, end, names, populators)
-        model, start, end, names, populators = shape.builds
+            annotations = list((compiler.annotation_col_map or {}).items())
+            shape.builds = (klass_info["model"], start, end, names, populators, annotations)
+        model, start, end, names, populators, annotations = shape.builds
         found = []
         for row in rows:
             instance = model.from_db(shape.compiler.using, names, row[start:end])
             for populator in populators:
                 populator.populate(row, instance)
+            for name, index in annotations:
+                setattr(instance, name, row[index])
             found.append(instance)
         return found

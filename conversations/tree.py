@@ -6,12 +6,16 @@ a model sees, services find where switching lands. Each walk is one recursive qu
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
 from django.db import connection
+from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models.expressions import RawSQL
 
-from conversations.models import Conversation, Message
+from chatsite.compiled import Compiled
+from conversations.models import Attachment, Conversation, Document, Message
 
 # The active branch, walked upwards from a message in the database itself, one row per step;
 # `counted` counts the rows below the seq bound so the walk stops once a page is filled: the
@@ -30,15 +34,9 @@ WITH RECURSIVE path(id, parent_id, seq, counted) AS (
 _PATH_SQL = _WALK + """
 SELECT id, parent_id, seq FROM path WHERE seq < %(bound)s ORDER BY seq DESC LIMIT %(rows)s
 """
-# The same walk, unbounded, returning the branch's full rows in the same statement, each with
-# whether images or documents hang on it: most branches have neither, and the answer core then
-# reads neither (two statements fewer before the vendor call).
-_BRANCH_SQL = _WALK + """
-SELECT m.*,
-       EXISTS (SELECT 1 FROM conversations_attachment a WHERE a.message_id = m.id) AS has_images,
-       EXISTS (SELECT 1 FROM conversations_document d WHERE d.message_id = m.id) AS has_documents
-FROM conversations_message m WHERE m.id IN (SELECT id FROM path) ORDER BY m.seq
-"""
+# The walk's ids, as a subquery with positional parameters (in the order the names appear).
+_WALK_IDS_ORDER = re.findall(r"%\((\w+)\)s", _WALK)
+_WALK_IDS = re.sub(r"%\(\w+\)s", "%s", _WALK) + "SELECT id FROM path"
 NO_BOUND = 2**31 - 1
 
 
@@ -74,14 +72,29 @@ def path_up_ids(conversation_id: uuid.UUID, start: uuid.UUID
     return path_up(conversation, start, bound=NO_BOUND, limit=None)
 
 
+def _branch(conversation: uuid.UUID, start: uuid.UUID) -> QuerySet[Message]:
+    """The unbounded walk's messages, oldest first, each with whether images or documents hang
+    on it: most branches have neither, and the answer core then reads neither."""
+    named = _walk_params(conversation, start, NO_BOUND, NO_BOUND)
+    walk = RawSQL(_WALK_IDS, [named[name] for name in _WALK_IDS_ORDER])
+    return (Message.objects.filter(id__in=walk)
+            .annotate(has_images=Exists(Attachment.objects.filter(message=OuterRef("pk"))),
+                      has_documents=Exists(Document.objects.filter(message=OuterRef("pk"))))
+            .order_by("seq"))
+
+
+# Read before every web answer: compiled once (chatsite/compiled.py).
+_BRANCH = Compiled(_branch, conversation=Message._meta.get_field("conversation"),
+                   start=Message._meta.get_field("id"))
+
+
 def history_for(assistant: Message) -> list[Message]:
     """The messages a model sees for this answer: the branch up to its user prompt, oldest
-    first, read once (the answer core hands it on instead of walking the branch again).
-    Each carries `has_images` and `has_documents` (see `branch_has`)."""
+    first, read in one statement (the answer core hands it on instead of walking the branch
+    again). Each carries `has_images` and `has_documents` (see `branch_has`)."""
     if assistant.parent_id is None:
         return []
-    params = _walk_params(assistant.conversation_id, assistant.parent_id, NO_BOUND, NO_BOUND)
-    return list(Message.objects.raw(_BRANCH_SQL, params))
+    return _BRANCH.objects(conversation=assistant.conversation_id, start=assistant.parent_id)
 
 
 def branch_has(branch: list[Message], flag: str) -> bool:

@@ -33,6 +33,7 @@ from django.conf import settings
 from django.db import transaction
 
 from chatsite.celery import app as celery_app
+from chatsite.compiled import Compiled
 from conversations import events, runtime
 from conversations.answers.core import Answer, Outcome, record_usage
 from conversations.answers.history import merge_params
@@ -198,22 +199,36 @@ def title_request(model: ModelConfig, prompt: str, ui_language: str) -> ChatRequ
 
 
 # --- when ---------------------------------------------------------------------------------------
+# Asked after every answer: compiled once (chatsite/compiled.py).
+_FINISHED = Compiled(
+    lambda pk: Message.objects.select_related("conversation").filter(
+        pk=pk, role=Message.Role.ASSISTANT, status=MessageStatus.COMPLETE),
+    pk=Message._meta.get_field("id"))
+_EARLIER_ANSWER = Compiled(
+    lambda conversation, pk: Message.objects.filter(
+        conversation=conversation, role=Message.Role.ASSISTANT,
+        status=MessageStatus.COMPLETE).exclude(pk=pk).exclude(
+        finish_reason="content_filter").values_list("pk")[:1],
+    conversation=Message._meta.get_field("conversation"), pk=Message._meta.get_field("id"))
+_TITLE_CALLED = Compiled(
+    lambda conversation: UsageRecord.objects.filter(
+        conversation=conversation, purpose=UsageRecord.Purpose.TITLE).values_list("pk")[:1],
+    conversation=UsageRecord._meta.get_field("conversation"))
+
+
 def wants_title(message_id: uuid.UUID | str) -> bool:
     """Is this completed answer the first of a conversation whose title is still automatic
     and was never generated?"""
-    message = Message.objects.select_related("conversation").filter(
-        pk=message_id, role=Message.Role.ASSISTANT, status=MessageStatus.COMPLETE).first()
-    if message is None or message.finish_reason == "content_filter":
+    found = _FINISHED.objects(pk=uuid.UUID(str(message_id)))
+    if not found or found[0].finish_reason == "content_filter":
         return False
+    message = found[0]
     conversation = message.conversation
     if not conversation.title_is_auto or conversation.imported:
         return False
-    earlier = Message.objects.filter(
-        conversation=conversation, role=Message.Role.ASSISTANT,
-        status=MessageStatus.COMPLETE).exclude(pk=message.pk).exclude(
-        finish_reason="content_filter").exists()
-    return not earlier and not UsageRecord.objects.filter(
-        conversation=conversation, purpose=UsageRecord.Purpose.TITLE).exists()
+    if _EARLIER_ANSWER.rows(conversation=conversation.pk, pk=message.pk):
+        return False
+    return not _TITLE_CALLED.rows(conversation=conversation.pk)
 
 
 async def after_answer(message_id: uuid.UUID | str, language: str = "") -> None:

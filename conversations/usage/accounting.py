@@ -157,6 +157,14 @@ def check_limits(user: Any, *, team_id: int | None = None, prompt_chars: int = 0
     return check_budgets(user, team_id=team_id, now=now)
 
 
+# The budgets that apply, read before every answer: compiled once (chatsite/compiled.py).
+_BUDGETS = Compiled(lambda user: Budget.objects.filter(enabled=True, user=user),
+                    user=Budget._meta.get_field("user"))
+_BUDGETS_WITH_TEAM = Compiled(
+    lambda user, team: Budget.objects.filter(enabled=True).filter(Q(user=user) | Q(team=team)),
+    user=Budget._meta.get_field("user"), team=Budget._meta.get_field("team"))
+
+
 def check_budgets(user: Any, *, team_id: int | None = None,
                   now: datetime | None = None) -> list[str]:
     """The user's and the team's budgets over every ledger row, answers and titles alike:
@@ -164,8 +172,9 @@ def check_budgets(user: Any, *, team_id: int | None = None,
     now = now or timezone.now()
     mine = UsageRecord.objects.filter(user=user)
     warnings = []
-    for budget in Budget.objects.filter(enabled=True).filter(
-            Q(user=user) | Q(team_id=team_id) if team_id else Q(user=user)):
+    budgets = (_BUDGETS_WITH_TEAM.objects(user=user.pk, team=team_id) if team_id
+               else _BUDGETS.objects(user=user.pk))
+    for budget in budgets:
         if budget.user_id:
             warning = _check_budget(budget, mine, _("Your"), now)
         else:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime
 import itertools
 import uuid
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -77,12 +76,12 @@ class Compiled(Generic[T]):
                  **fields: Field[Any, Any]) -> None:
         self.build = build
         self.fields = fields
-        # Per connection object: each thread has its own, and the compiler keeps it.
-        self._shapes: weakref.WeakKeyDictionary[BaseDatabaseWrapper, _Shape] = (
-            weakref.WeakKeyDictionary())
 
     def _shape(self, db: BaseDatabaseWrapper) -> _Shape:
-        shape = self._shapes.get(db)
+        # Kept on the connection object (each thread has its own, and the compiler and its
+        # converters refer to it): a shape lives and dies with its connection.
+        shapes: dict[Compiled[Any], _Shape] = db.__dict__.setdefault("_compiled_shapes", {})
+        shape = shapes.get(self)
         if shape is not None:
             return shape
         samples = {name: _sample(field) for name, field in self.fields.items()}
@@ -97,7 +96,7 @@ class Compiled(Generic[T]):
             slots += [(i, name) for i in found]
         columns = [s[0] for s in compiler.select[0:compiler.col_count]]
         shape = _Shape(sql, tuple(params), slots, compiler, compiler.get_converters(columns))
-        self._shapes[db] = shape
+        shapes[self] = shape
         return shape
 
     def _run(self, values: dict[str, Any]) -> tuple[_Shape, list[Any]]:

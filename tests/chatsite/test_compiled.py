@@ -92,6 +92,10 @@ def test_it_runs_one_statement_through_the_connection_and_refuses_values_it_cann
     with CaptureQueriesContext(connection) as queries:
         assert statement.rows(user=owner.pk, since=timezone.now()) == []
     assert len(queries) == 1
+    # The compiled SQL lives on the connection (each thread's own), not on the statement: a
+    # thread's connection that goes away takes its shapes with it.
+    assert statement in connection._compiled_shapes  # type: ignore[attr-defined]
+    assert set(vars(statement)) == {"build", "fields"}
     with pytest.raises(ValueError):
         statement.rows(user=None, since=timezone.now())
     with pytest.raises(ValueError):

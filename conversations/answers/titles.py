@@ -296,10 +296,13 @@ def _prepare(message_id: uuid.UUID | str) -> Prepared | None:
 
 def _store(conversation_id: uuid.UUID, title: str) -> bool:
     """Write the title unless the user named the conversation meanwhile: one conditional
-    UPDATE, so a rename that commits first always wins."""
+    UPDATE, so a rename that commits first always wins. True when the automatic title is now
+    `title`, written here or already so: a model that names the conversation as its first line
+    did still name it, and open pages (which show no title before it) must hear of it."""
     title = title[:200]
-    return bool(Conversation.objects.filter(pk=conversation_id, title_is_auto=True)
-                .exclude(title=title).update(title=title))
+    automatic = Conversation.objects.filter(pk=conversation_id, title_is_auto=True)
+    return bool(automatic.exclude(title=title).update(title=title)) or automatic.filter(
+        title=title).exists()
 
 
 def _finish(record_id: int, model: ModelConfig, outcome: Outcome) -> None:
@@ -325,8 +328,8 @@ async def _ask(model: ModelConfig, request: ChatRequest) -> tuple[str, Outcome]:
 
 
 async def write_title(message_id: uuid.UUID | str, language: str = "") -> str | None:
-    """Generate and store the title of the conversation of this first answer; the title
-    written, or None when nothing changed."""
+    """Generate and store the title of the conversation of this first answer, and tell open
+    pages; the title, or None when there is none or the user renamed the conversation."""
     prepared: Prepared | None = await off_loop(_prepare)(message_id)
     if prepared is None:
         return None

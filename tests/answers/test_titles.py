@@ -249,6 +249,36 @@ def test_the_answers_final_frame_goes_out_before_the_title_call(
     assert answer.status == MessageStatus.COMPLETE
 
 
+def test_open_pages_hear_the_title_even_when_it_is_the_first_line_already(
+        emulated: Any, owner: Any, titled: None, settings: Any) -> None:
+    # The title call fails: the cleaned first line, stored by the POST, is the title. It
+    # changes nothing in the database, but an open page still shows "New conversation".
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    conversation = _chat(owner)
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(events.conversation_group(conversation.pk), channel)
+    emulated.script("cloudflare", Fault("tokens", n=4), times=1)  # the answer
+    emulated.script("cloudflare", Fault("auth-before"), times=None)  # every title attempt
+    _post(owner, conversation, "Sorting a list in Python")
+    seen = async_to_sync(_drain)(layer, channel)
+    conversation.refresh_from_db()
+    assert conversation.title == "Sorting a list in Python" and conversation.title_is_auto
+    [title_event] = [e for e in seen if e["type"] == events.CONVERSATION]
+    assert title_event["title"] == conversation.title and title_event["auto"] is True
+
+
+def test_a_renamed_conversation_gets_no_title_event(emulated: Any, owner: Any, titled: None,
+                                                    settings: Any) -> None:
+    conversation = _chat(owner)
+    _post(owner, conversation, "What is a llama?")
+    services.conversation_update(owner, conversation, title="Mine")
+    assert titles._store(conversation.pk, "Mine") is False
+    assert titles._store(conversation.pk, "Something else") is False
+    conversation.refresh_from_db()
+    assert conversation.title == "Mine"
+
+
 async def _drain(layer: Any, channel: str) -> list[dict[str, Any]]:
     """Every event waiting on `channel`, in order."""
     seen = []

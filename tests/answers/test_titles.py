@@ -230,14 +230,10 @@ def test_the_readers_interface_language_is_the_fallback_language(
 
 def test_the_answers_final_frame_goes_out_before_the_title_call(
         emulated: Any, owner: Any, titled: None, settings: Any) -> None:
-    # One process, one loop per call here: the in-memory layer keeps the events in order.
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     conversation = _chat(owner)
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(events.conversation_group(conversation.pk), channel)
+    listen = _listening(settings, conversation)
     answer = _post(owner, conversation, "What is a llama?")
-    seen = async_to_sync(_drain)(layer, channel)
+    seen = listen()
     kinds = [(e["type"], e.get("status")) for e in seen if e["type"] in {
         events.STATE, events.CONVERSATION}]
     final = kinds.index((events.STATE, MessageStatus.COMPLETE))
@@ -253,15 +249,12 @@ def test_open_pages_hear_the_title_even_when_it_is_the_first_line_already(
         emulated: Any, owner: Any, titled: None, settings: Any) -> None:
     # The title call fails: the cleaned first line, stored by the POST, is the title. It
     # changes nothing in the database, but an open page still shows "New conversation".
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     conversation = _chat(owner)
-    layer = get_channel_layer()
-    channel = async_to_sync(layer.new_channel)()
-    async_to_sync(layer.group_add)(events.conversation_group(conversation.pk), channel)
+    listen = _listening(settings, conversation)
     emulated.script("cloudflare", Fault("tokens", n=4), times=1)  # the answer
     emulated.script("cloudflare", Fault("auth-before"), times=None)  # every title attempt
     _post(owner, conversation, "Sorting a list in Python")
-    seen = async_to_sync(_drain)(layer, channel)
+    seen = listen()
     conversation.refresh_from_db()
     assert conversation.title == "Sorting a list in Python" and conversation.title_is_auto
     [title_event] = [e for e in seen if e["type"] == events.CONVERSATION]
@@ -277,6 +270,16 @@ def test_a_renamed_conversation_gets_no_title_event(emulated: Any, owner: Any, t
     assert titles._store(conversation.pk, "Something else") is False
     conversation.refresh_from_db()
     assert conversation.title == "Mine"
+
+
+def _listening(settings: Any, conversation: Conversation) -> Any:
+    """Join the conversation's group; the returned call gives every event sent to it since.
+    One process, one loop per call here: the in-memory layer keeps the events in order."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(events.conversation_group(conversation.pk), channel)
+    return lambda: async_to_sync(_drain)(layer, channel)
 
 
 async def _drain(layer: Any, channel: str) -> list[dict[str, Any]]:

@@ -119,6 +119,11 @@ class Compiled(Generic[T]):
         """The selected columns of each row, converted as the ORM converts them."""
         return [tuple(row) for row in self._run(values)[1]]
 
+    def first(self, **values: Any) -> T | None:
+        """The one instance a read by its key finds, or None."""
+        found = self.objects(**values)
+        return found[0] if found else None
+
     def objects(self, **values: Any) -> list[T]:
         """Model instances (with what the queryset selected related), as the ORM builds them."""
         shape, rows = self._run(values)

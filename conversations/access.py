@@ -112,8 +112,7 @@ _CONVERSATION = Compiled(
 
 def get_conversation_for(user: Viewer, conversation_id: Any, need: Access) -> Conversation:
     """The conversation if `user` has at least `need` on it; Http404 otherwise."""
-    found = _CONVERSATION.objects(pk=_parse_uuid(conversation_id))
-    conversation = found[0] if found else None
+    conversation = _CONVERSATION.first(pk=_parse_uuid(conversation_id))
     if conversation is None or conversation_access(user, conversation) < need:
         raise Http404
     return conversation

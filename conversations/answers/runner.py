@@ -481,10 +481,9 @@ def _save_final(message_id: uuid.UUID, outcome: Outcome,
                 rendered: tuple[str, str] | None = None) -> Message | None:
     """The message's final fields and its ledger row; None when it was deleted meanwhile.
     `rendered`: (text, its HTML) when the streamed blocks already rendered the whole answer."""
-    found = _FINISHING.objects(pk=message_id)
-    if not found:
+    message = _FINISHING.first(pk=message_id)
+    if message is None:
         return None
-    message = found[0]
     for key, value in outcome_fields(outcome).items():
         setattr(message, key, value)
     if message.model and (message.prompt_tokens or message.completion_tokens):
@@ -497,7 +496,7 @@ def _save_final(message_id: uuid.UUID, outcome: Outcome,
             remember_rendered(message.content, rendered[1])
         else:
             render_markdown_cached(message.content)
-    usage = next(iter(_LEDGER_ROW.objects(message=message.pk)), None)
+    usage = _LEDGER_ROW.first(message=message.pk)
     if usage is not None and message.model is not None:
         record_usage(usage, message.model, outcome)
     return message

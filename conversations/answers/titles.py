@@ -219,10 +219,9 @@ _TITLE_CALLED = Compiled(
 def wants_title(message_id: uuid.UUID | str) -> bool:
     """Is this completed answer the first of a conversation whose title is still automatic
     and was never generated?"""
-    found = _FINISHED.objects(pk=uuid.UUID(str(message_id)))
-    if not found or found[0].finish_reason == "content_filter":
+    message = _FINISHED.first(pk=uuid.UUID(str(message_id)))
+    if message is None or message.finish_reason == "content_filter":
         return False
-    message = found[0]
     conversation = message.conversation
     if not conversation.title_is_auto or conversation.imported:
         return False

@@ -142,10 +142,10 @@ _SENT_OR_LEAF = Compiled(
 def _locked(conversation: Conversation) -> Conversation:
     """The conversation, locked until the transaction ends (PostgreSQL: its row; SQLite: the
     write lock, taken at BEGIN). The caller's object may be stale: this one is not."""
-    found = _LOCKED.objects(pk=conversation.pk)
-    if not found:
+    locked = _LOCKED.first(pk=conversation.pk)
+    if locked is None:
         raise Conversation.DoesNotExist
-    return found[0]
+    return locked
 
 
 def _sent_and_leaf(locked: Conversation, client_id: uuid.UUID) -> Message | None:

@@ -254,10 +254,10 @@ def message_post(request: HttpRequest, conversation_id: uuid.UUID) -> HttpRespon
             flash.warning(request, warning)
     if _wants_json(request):
         # The answer as it is now (the runner may have claimed it), with its model, read once.
-        now = _ANSWER_NOW.objects(pk=result.assistant_message.pk)
-        if not now:  # the conversation was deleted meanwhile
+        now = _ANSWER_NOW.first(pk=result.assistant_message.pk)
+        if now is None:  # the conversation was deleted meanwhile
             raise Http404
-        result.assistant_message = now[0]
+        result.assistant_message = now
         return JsonResponse({
             "created": result.created, "replace_thread": edit_of is not None,
             "warnings": result.warnings,

@@ -48,6 +48,8 @@ def _sample(field: Field[Any, Any]) -> Any:
             seconds=n * 7919)
     if kind in _INTEGERS:
         return -(7_000_000_000 + n)
+    if kind in ("CharField", "TextField"):
+        return f"compiled sample {n} \u2042"
     raise ImproperlyConfigured(f"Compiled: no sample value for a {kind}.")
 
 

@@ -18,6 +18,7 @@ from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext as _
 
+from chatsite.compiled import Compiled
 from conversations.access import conversations_visible_to
 from conversations.models import Conversation, Message, TeamSettings, UserPreferences
 from conversations.retention.policy import Deadline, deadlines
@@ -280,11 +281,21 @@ def thread(conversation: Conversation, *, before_seq: int | None = None,
 def node_for(message: Message, siblings: list[uuid.UUID] | None = None) -> ThreadNode:
     """One message with its siblings (attempts or edits under the same parent); `siblings`
     when the caller knows them (a first answer just stored under its new prompt is alone)."""
-    if siblings is None:
+    if siblings is None and message.parent_id is not None:
+        siblings = [row[0] for row in _SIBLINGS.rows(conversation=message.conversation_id,
+                                                      parent=message.parent_id)]
+    elif siblings is None:  # the first prompts of a conversation (compiled values are not None)
         siblings = list(Message.objects.filter(conversation_id=message.conversation_id,
-                                               parent_id=message.parent_id)
+                                               parent_id=None)
                         .order_by("seq").values_list("pk", flat=True))
     return ThreadNode(message, siblings)
+
+
+# A message's siblings, in order: every POST reply reads its prompt's (chatsite/compiled.py).
+_SIBLINGS = Compiled(
+    lambda conversation, parent: Message.objects.filter(
+        conversation_id=conversation, parent_id=parent).order_by("seq").values_list("pk"),
+    conversation=Message._meta.get_field("conversation"), parent=Message._meta.get_field("parent"))
 
 
 def retention_deadline(user: Any, conversation: Conversation) -> Deadline | None:

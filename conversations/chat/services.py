@@ -25,7 +25,9 @@ from conversations.errors import ServiceError
 from conversations.images.attachments import attach, images_in_branch
 from conversations.models import (
     ACTIVE_STATUSES,
+    Attachment,
     Conversation,
+    Document,
     Message,
     MessageStatus,
     Preset,
@@ -218,8 +220,9 @@ def message_post(user: Any, conversation: Conversation, *, text: str, client_id:
             warnings = _check_limits(user, locked, len(text))
             parent = _parent_for_new_prompt(locked, edit_of)
             user_message, assistant = _store_pair(user, locked, parent, client_id, text, model)
-            attach(user, user_message, attachment_ids or [], model)
-            attach_documents(user, user_message, document_ids or [])
+            attached = attach(user, user_message, attachment_ids or [], model)
+            if not attached and not attach_documents(user, user_message, document_ids or []):
+                _known_without_files(user_message)
             accounting.record_start(user, model, team_id=locked.team_id, message=assistant)
             _advance(locked, assistant, 2, title_from=text)
             _start_on_commit(locked, user_message, assistant)
@@ -231,6 +234,13 @@ def message_post(user: Any, conversation: Conversation, *, text: str, client_id:
         raise
     _copy_written(locked, conversation)
     return PostResult(user_message, assistant, created=True, warnings=warnings)
+
+
+def _known_without_files(prompt: Message) -> None:
+    """A prompt stored with no image and no document says so, as a prefetch of nothing would:
+    the reply's rendering of it then reads neither (issue 16)."""
+    prompt._prefetched_objects_cache = {  # type: ignore[attr-defined]  # Django's own cache
+        "attachments": Attachment.objects.none(), "documents": Document.objects.none()}
 
 
 def _store_pair(user: Any, locked: Conversation, parent: Message | None, client_id: uuid.UUID,

@@ -202,6 +202,24 @@ def test_a_team_member_cannot_attach_the_owners_unsent_upload(
     assert Message.objects.count() == 0 and vision.requests == []
 
 
+def test_the_post_reply_shows_the_image_the_prompt_was_sent_with(vision: Any, owner: Any
+                                                                 ) -> None:
+    # A prompt without files is rendered without reading them (the service knows it stored
+    # none); one with an image must still show it in the reply the page inserts.
+    vision.set_cloudflare_licence(True)
+    conversation = chat(owner, CLOUDFLARE_VISION)
+    client = signed_in(owner)
+    image = upload(owner, corpus.png_rgba())
+    response = post_message(client, conversation, "Look [[emu:tokens n=5]]", attachments=[image])
+    assert response.status_code == 201, response.content
+    assert f"/images/{image}/" in response.json()["user"]["html"]
+    answer_of(response)
+    plain = post_message(client, conversation, "And now? [[emu:tokens n=5]]")
+    assert plain.status_code == 201, plain.content
+    assert "msg-images" not in plain.json()["user"]["html"]
+    answer_of(plain)
+
+
 def test_a_sent_made_up_or_malformed_image_id_is_refused(vision: Any, owner: Any) -> None:
     vision.set_cloudflare_licence(True)
     conversation = chat(owner, CLOUDFLARE_VISION)

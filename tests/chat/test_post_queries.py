@@ -95,7 +95,7 @@ def _followed_up(owner: Any) -> tuple[Conversation, Any]:
     return conversation, client
 
 
-def test_it_posts_a_web_message_in_twelve_statements_replies_in_five_and_starts_in_two(
+def test_it_posts_a_web_message_in_twelve_statements_replies_in_three_and_starts_in_two(
         owner: Any, emulated: EmulatorServer) -> None:
     conversation, client = _followed_up(owner)
     with every_statement(emulated) as seen:
@@ -116,10 +116,11 @@ def test_it_posts_a_web_message_in_twelve_statements_replies_in_five_and_starts_
     # conversation with its leaf, the user lock, idempotency, the limits (one read), budgets,
     # both messages in one insert, the ledger row, one update of the conversation.
     assert len(stored) == 12, seen.listing(stored)
-    # The answer as it is now with its model; the prompt's siblings, images and documents,
-    # and whether the conversation has documents (the templates' own reads). The new answer's
-    # siblings are known: it is alone under its new prompt.
-    assert len(replied) == 5, seen.listing(replied)
+    # The answer as it is now with its model; the prompt's siblings; whether the conversation
+    # has documents (the template's own read for a finished answer). The new answer's siblings
+    # are known (it is alone under its new prompt), and so are the prompt's images and
+    # documents: the service stored none.
+    assert len(replied) == 3, seen.listing(replied)
     # The claim (one update: the service handed over what it had read) and the branch in one
     # read, which also says whether any of it has images or documents (none here: neither is
     # read). The model's fallbacks are read only if its provider fails or its breaker is open.

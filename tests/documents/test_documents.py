@@ -72,6 +72,9 @@ def ask(owner: Any, slug: str, data: bytes, question: str, name: str = "report.p
     conversation = services.conversation_create(owner, model=model(slug))
     response = post_message(client, conversation, question, documents=[document_id])
     assert response.status_code == 201, response.content
+    # The reply the page inserts shows the prompt's document (a prompt without files is
+    # rendered without reading them; this one has one).
+    assert f'data-document="{document_id}"' in response.json()["user"]["html"]
     answer = Message.objects.get(pk=response.json()["assistant"]["id"])
     conversation.refresh_from_db()
     page = client.get(f"/c/{conversation.pk}/").content.decode()

@@ -220,8 +220,9 @@ def message_post(user: Any, conversation: Conversation, *, text: str, client_id:
             warnings = _check_limits(user, locked, len(text))
             parent = _parent_for_new_prompt(locked, edit_of)
             user_message, assistant = _store_pair(user, locked, parent, client_id, text, model)
-            attached = attach(user, user_message, attachment_ids or [], model)
-            if not attached and not attach_documents(user, user_message, document_ids or []):
+            images = attach(user, user_message, attachment_ids or [], model)
+            documents = attach_documents(user, user_message, document_ids or [])
+            if not images and not documents:
                 _known_without_files(user_message)
             accounting.record_start(user, model, team_id=locked.team_id, message=assistant)
             _advance(locked, assistant, 2, title_from=text)

@@ -29,6 +29,7 @@ from providers.emulators import Fault
 from providers.models import ModelConfig
 from tests.answers.test_celery_vision import QueueWorker
 from tests.conftest import ARTIFACTS, ServerProcess, child_env
+from tests.documents.pdfs import report
 from tests.images import image_corpus as corpus
 from tests.support import model, post_message, signed_in
 
@@ -218,6 +219,29 @@ def test_the_post_reply_shows_the_image_the_prompt_was_sent_with(vision: Any, ow
     assert plain.status_code == 201, plain.content
     assert "msg-images" not in plain.json()["user"]["html"]
     answer_of(plain)
+
+
+def test_a_prompt_sent_with_an_image_and_a_document_keeps_both(
+        vision: Any, owner: Any, settings: Any, tmp_path: Path) -> None:
+    settings.REDIS_URL = ""  # the document is read in this process, from this test's media
+    settings.MEDIA_ROOT = tmp_path
+    vision.set_cloudflare_licence(True)
+    conversation = chat(owner, CLOUDFLARE_VISION)
+    client = signed_in(owner)
+    image = upload(owner, corpus.png_rgba())
+    document = client.post("/documents/", {"document": _named(report(31), "report.pdf")},
+                           HTTP_ACCEPT="application/json")
+    assert document.status_code == 201, document.content
+    document_id = document.json()["id"]
+    response = post_message(client, conversation, "Both [[emu:tokens n=5]]",
+                            attachments=[image], documents=[document_id])
+    assert response.status_code == 201, response.content
+    html = response.json()["user"]["html"]
+    assert f"/images/{image}/" in html and f'data-document="{document_id}"' in html
+    prompt = Message.objects.get(pk=response.json()["user"]["id"])
+    assert [str(a.pk) for a in prompt.attachments.all()] == [image]
+    assert [str(d.pk) for d in prompt.documents.all()] == [document_id]
+    answer_of(response)
 
 
 def test_a_sent_made_up_or_malformed_image_id_is_refused(vision: Any, owner: Any) -> None:

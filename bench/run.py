@@ -12,6 +12,8 @@ Runs, one after the other (each starts and stops its own processes):
 7. connections bench/connections.py  new TCP connections to the vendor for 50 answers
 8. memory      bench/memory.py       per idle and active socket; 500 cancelled streams
 9. pages       bench/pages.py        the conversation page at 10 / 100 / 1,000 messages
+10. floor      bench/floor.py        what daphne, Django and the middleware add to the first
+                                     token with no product code (the 5 ms target's floor)
 
 The `/v1` comparison with Open WebUI is not a step (it installs Open WebUI: `make bench-peer`);
 its latest `bench/results/peer-*.json` is read for the summary when present.
@@ -37,7 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 STEPS = ("relay", "ttft", "ttft-redis", "load", "capacity", "bare", "connections", "wire",
-         "layer", "memory", "pages")
+         "layer", "memory", "pages", "floor")
 # The stream the CPU comparison runs, the same in the app's arm (load) and the bare relay.
 CPU_STREAM = {"full": ["--tokens", "500", "--rate", "50"], "quick": ["--tokens", "60",
                                                                       "--rate", "50"]}
@@ -74,6 +76,7 @@ def _argv(step: str, quick: bool, out: Path) -> list[str]:
         "layer": [*py, "bench/layer.py", "--events", "5000" if quick else "20000"],
         "memory": [*py, "bench/memory.py", *quick_flag],
         "pages": [*py, "bench/pages.py", *quick_flag],
+        "floor": [*py, "bench/floor.py", "--rounds", "20" if quick else "200"],
     }[step] + ["--json", str(out)]
 
 
@@ -134,6 +137,24 @@ def ttft_row(relay: Any, stack: str) -> Row:
     return (f"added TTFT from POST p50/p99, K=1, {stack} stack (n={_fmt(n)})",
             f"{_fmt(p50, ' ms')} / {_fmt(p99, ' ms')}", "<= 5 / 20 ms",
             None if p50 is None or p99 is None else p50 <= 5 and p99 <= 20)
+
+
+FLOOR_ARMS = (("D", "daphne, bare ASGI"), ("DJ", "+ Django handler"),
+              ("MW", "+ the product's middleware, signed in"), ("A1", "the product"))
+
+
+def floor_rows(floor: Any) -> list[Row]:
+    """bench/floor.py: the added TTFT of arms with less and less of the stack, same run; no
+    target of their own, they show how much of the 5 ms the layers below the product take."""
+    if floor is None:
+        return []
+    rows: list[Row] = []
+    for arm, label in FLOOR_ARMS:
+        row = _get(floor, "arms", arm)
+        rows.append((f"floor: added TTFT p50/p99, K=1, {label} (n={_fmt(_get(row, 'n'))})",
+                     f"{_fmt(_get(row, 'added_p50_ms'), ' ms', 2)} / "
+                     f"{_fmt(_get(row, 'added_p99_ms'), ' ms', 2)}", "-", None))
+    return rows
 
 
 def post_burst_row(load: Any) -> Row:
@@ -249,7 +270,8 @@ def peer_rows(peer: Any, path: Path | None) -> list[Row]:
 def issue16_rows(result: Callable[[str], Any], chosen: Sequence[str]) -> list[Row]:
     """Issue 16's targets, in its table's order (steps that did not run give "-")."""
     rows = [ttft_row(result("ttft"), "embedded"), ttft_row(result("ttft-redis"), "Redis"),
-            post_burst_row(result("load")), capacity_row(result("capacity"))]
+            *floor_rows(result("floor")), post_burst_row(result("load")),
+            capacity_row(result("capacity"))]
     rows += cpu_rows(result("load"), result("bare"))
     rows.append(connections_row(result("connections")))
     rows += wire_rows(result("relay"), result("wire"))

@@ -1,0 +1,1 @@
+"""The floor benchmark's own ASGI apps (bench/floor.py): never part of the product."""

@@ -1,0 +1,58 @@
+"""Two floors on one daphne, for bench/floor.py:
+
+- `/raw/`: a bare ASGI app (no Django): the request body is the prompt; the vendor's stream
+  goes back as the response body. What daphne and the relay cost, nothing else.
+- `/django/`: Django's own ASGI handler, no middleware, no database, an async view doing the
+  same. What Django's request handling adds to daphne.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import django
+from django.conf import settings
+
+settings.configure(
+    DEBUG=False, SECRET_KEY="floor-bench-only", ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__,
+    MIDDLEWARE=[], INSTALLED_APPS=[], DATABASES={}, USE_I18N=False,
+)
+django.setup(set_prefix=False)
+
+from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse  # noqa: E402
+from django.urls import path  # noqa: E402
+
+from bench.floor_site import vendor  # noqa: E402
+
+
+async def relay_view(request: HttpRequest) -> HttpResponseBase:
+    return StreamingHttpResponse(vendor.stream(request.body.decode(), 1024),
+                                 content_type="text/event-stream")
+
+
+urlpatterns = [path("django/", relay_view)]
+_django = ASGIHandler()
+
+
+async def _raw(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")]})
+    async for chunk in vendor.stream(body.decode(), 1024):
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        return
+    if scope["path"] == "/raw/":
+        await _raw(scope, receive, send)
+    else:
+        await _django(scope, receive, send)

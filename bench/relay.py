@@ -1562,6 +1562,8 @@ def stream_rows(cfg: Config, batches: list[Batch]) -> list[dict[str, Any]]:
                                    "error": s.error, "status": s.status,
                                    "wire_bytes": s.wire_bytes, "frames": s.frames,
                                    "tokens": len(s.arrivals)}
+            if s.t_response is not None:
+                row["post_ms"] = _ms(s.t_response - s.t_send)
             if s.arrivals and s.t_upstream is not None and not s.error:
                 delays = [a - _due(s, cfg, i) for i, a in enumerate(s.arrivals)]
                 row.update(ttft_ms=_ms(s.arrivals[0] - s.t_send),

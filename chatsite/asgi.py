@@ -23,6 +23,7 @@ from chatsite.daphne_tuning import (  # noqa: E402
     websocket_defaults,
     write_at_once,
 )
+from chatsite.heap import freeze_startup_heap  # noqa: E402
 from conversations.answers.drain import install_on_daphne  # noqa: E402
 from conversations.answers.jobs import (  # noqa: E402
     CaptureLoopMiddleware,
@@ -50,3 +51,4 @@ if "daphne.cli" in sys.modules:
     hand_over_sooner()
     redact_access_log()
     install_on_daphne()  # SIGTERM drains the answers in flight (DRAIN_SECONDS)
+    freeze_startup_heap()  # last: everything imported above is kept out of full GC passes

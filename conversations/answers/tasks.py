@@ -9,8 +9,14 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from celery import shared_task
-from celery.signals import worker_process_init, worker_process_shutdown, worker_shutting_down
+from celery.signals import (
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutting_down,
+)
 
+from chatsite.heap import freeze_startup_heap
 from conversations.answers import drain, titles
 from conversations.answers.reaper import reap_and_announce
 from conversations.answers.runner import run_generation
@@ -27,6 +33,14 @@ def _use_one_loop(**kwargs: Any) -> None:
     process, so its vendor connections stay warm between answers (providers/pool.py)."""
     global _in_worker_process
     _in_worker_process = True
+    freeze_startup_heap()
+
+
+@worker_ready.connect
+def _freeze_worker_heap(**kwargs: Any) -> None:
+    """The worker's main process (which runs the tasks with the threads or solo pool) keeps
+    what it started with out of the collector's full passes, as daphne does (chatsite/heap.py)."""
+    freeze_startup_heap()
 
 
 @worker_process_shutdown.connect

@@ -49,6 +49,9 @@ def event(payload: dict[str, Any]) -> bytes:
 
 
 DONE = b"data: [DONE]\n\n"
+# Stands for a token's text in a chunk encoded once, then split around it (`text_chunk`).
+_TEXT_MARK = "\x00text\x00"
+_TEXT_MARK_JSON = json.dumps(_TEXT_MARK).encode()
 
 
 class Completion:
@@ -63,6 +66,8 @@ class Completion:
         self.deltas: AsyncIterator[Delta] | None = None
         self.ended = False
         self.shown: list[str] = []  # what the client was sent
+        # A text chunk's bytes before and after its text, for the model and the usage flag.
+        self._around_text: tuple[tuple[str, bool], bytes, bytes] | None = None
         self.diverged = False  # the vendor rewrote text the client already has
 
     async def open(self) -> str | None:
@@ -205,6 +210,19 @@ class Completion:
             payload["usage"] = None
         return event(payload)
 
+    def text_chunk(self, text: str, include_usage: bool = False) -> bytes:
+        """`chunk({"content": text})`, byte for byte, with the envelope encoded once per call
+        instead of once per token (issue 16: 3.1 -> 0.8 µs per token in-process)."""
+        key = (self.slug, include_usage)  # the slug changes on a fallback, before any text
+        if self._around_text is None or self._around_text[0] != key:
+            whole = self.chunk({"content": _TEXT_MARK}, include_usage=include_usage)
+            if whole.count(_TEXT_MARK_JSON) != 1:  # the mark in a model's name: encode whole
+                return self.chunk({"content": text}, include_usage=include_usage)
+            head, _, tail = whole.partition(_TEXT_MARK_JSON)
+            self._around_text = (key, head, tail)
+        _, head, tail = self._around_text
+        return head + json.dumps(text, ensure_ascii=False).encode() + tail
+
     def usage_chunk(self, outcome: Outcome) -> bytes:
         return event({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                       "model": self.slug, "choices": [], "usage": self.usage(outcome)})
@@ -239,7 +257,7 @@ class Completion:
             yield self.chunk({"role": "assistant", "content": ""}, include_usage=include_usage)
             piece = first
             while piece is not None:
-                yield self.chunk({"content": piece}, include_usage=include_usage)
+                yield self.text_chunk(piece, include_usage)
                 piece = await self.next()
             outcome = self.answer.completed()
             for calls in tools.delta_calls(self.tool_calls):

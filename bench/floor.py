@@ -54,6 +54,7 @@ from bench.relay import (  # the path above makes `bench` importable as a script
     StreamResult,
     _a0_event,
     _sleep_until,
+    _wait_healthy,
     free_port,
     open_slot,
     parse_args,
@@ -85,17 +86,7 @@ class FloorStack(Stack):
         bare = self._spawn("bare", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p",
                                     str(self.bare_port), "bench.floor_site.bare:application"],
                            core=0)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.post(f"{self.bare_url}/raw/", content=b"[[emu:tokens n=2 ttft=0]]",
-                              timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if bare.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the bare daphne did not start; see {self.logs['bare']}")
-            time.sleep(0.2)
+        _wait_healthy(f"{self.bare_url}/healthz", bare, self.logs["bare"], 30)
 
 
 async def run_floor(http: httpx.AsyncClient, url: str, res: StreamResult, start_at: float,

@@ -2,6 +2,7 @@
 
 - `/raw/`: a bare ASGI app (no Django): the request body is the prompt; the vendor's stream
   goes back as the response body. What daphne and the relay cost, nothing else.
+- `/healthz`: 200, for the start-up check.
 - `/django/`: Django's own ASGI handler, no middleware, no database, an async view doing the
   same. What Django's request handling adds to daphne.
 """
@@ -52,7 +53,10 @@ async def _raw(scope: dict[str, Any], receive: Any, send: Any) -> None:
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         return
-    if scope["path"] == "/raw/":
+    if scope["path"] == "/healthz":  # bench/relay.py's start-up check
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+    elif scope["path"] == "/raw/":
         await _raw(scope, receive, send)
     else:
         await _django(scope, receive, send)

@@ -33,13 +33,13 @@ def _use_one_loop(**kwargs: Any) -> None:
     process, so its vendor connections stay warm between answers (providers/pool.py)."""
     global _in_worker_process
     _in_worker_process = True
-    freeze_startup_heap()
 
 
-@worker_ready.connect
+@worker_ready.connect  # the main process, which runs the tasks with the threads or solo pool
+@worker_process_init.connect  # a prefork child
 def _freeze_worker_heap(**kwargs: Any) -> None:
-    """The worker's main process (which runs the tasks with the threads or solo pool) keeps
-    what it started with out of the collector's full passes, as daphne does (chatsite/heap.py)."""
+    """A worker keeps what it started with out of the collector's full passes, as daphne does
+    (chatsite/heap.py)."""
     freeze_startup_heap()
 
 

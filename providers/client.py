@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import json
+import json.scanner
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from contextlib import aclosing
 from typing import Any, ClassVar
@@ -28,9 +29,22 @@ from providers.redact import install_log_redaction, register_secret
 from providers.retry import RetryPolicy, stream_with_retries
 from providers.sse import DEFAULT_MAX_EVENT_BYTES
 
+# The C scanner under `json.loads`, for a stream event's usual text: `{...}` with nothing
+# around it. `json.loads` adds two regular-expression scans and three Python frames around the
+# scanner: 1.27 µs per token's event against the scanner's 0.32, in-process (issue 16).
+# (typeshed names the scanner's argument after the class, not the decoder it takes.)
+_scan_once = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+
 
 def json_object(text: str) -> dict[str, Any] | None:
     """`text` parsed as a JSON object, or None (vendors send errors in many shapes)."""
+    if text[:1] == "{" and text[-1:] == "}":
+        try:
+            value, end = _scan_once(text, 0)
+        except (StopIteration, ValueError):
+            return None
+        # Anything after the object is an error to `json.loads`: None here as well.
+        return value if end == len(text) and isinstance(value, dict) else None
     try:
         value = json.loads(text)
     except ValueError:

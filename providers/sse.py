@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import httpx
 
 from providers.base import ErrorKind, ProviderError
+from providers.transport import body_chunks
 
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 
@@ -41,9 +42,10 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 _BOM = "\ufeff"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SSEEvent:
-    """One dispatched event.
+    """One dispatched event (read-only by convention: not frozen, as a frozen dataclass costs
+    four times as much to make, once per token).
 
     `id` is the id set inside this event's own block (not the spec's sticky last-event-id),
     `comments` and `other_lines` are only filled when the decoder was asked to keep them.
@@ -101,6 +103,13 @@ class SSEDecoder:
         if b"\r" in chunk:
             self._feed_any_line_ends(chunk, pos, events)
             return events
+        if (pos == 0 and chunk.startswith(b"data:") and chunk.endswith(b"\n\n")
+                and not self._line and not self._event_bytes and not self._first_line
+                and chunk.count(b"\n") == 2 and size - 1 <= self._max_event_bytes):
+            # The usual chunk: one whole event of one data line, nothing pending. The same
+            # event the lines below would make, without their per-line work (issue 16).
+            value = chunk[6:-2] if chunk[5:6] == b" " else chunk[5:-2]
+            return [SSEEvent(value.decode("utf-8", errors="replace"))]
         # Every vendor ends lines with LF: find them with bytes.find, and hand a line that lies
         # whole inside the chunk on as a slice, without copying it through the line buffer.
         while pos < size:
@@ -234,7 +243,7 @@ class EventStream:
     """
 
     def __init__(self, response: httpx.Response, decoder: SSEDecoder) -> None:
-        self._chunks = response.aiter_bytes()
+        self._chunks = body_chunks(response)
         self._decoder = decoder
         self._pending: deque[SSEEvent] = deque()
         self._ended = False

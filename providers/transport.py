@@ -12,15 +12,25 @@ no event-loop turn.
 Everything else is httpcore's and httpx's: HTTP/1.1 framing, the connection pool, keep-alive,
 TLS verification (the same `ssl.SSLContext`, through asyncio's `start_tls`), and the exception
 types callers already map (`providers.retry.TransportErrors`).
+
+One exception to the framing, for the streamed answers (`body_chunks`): a chunked body on one
+of these connections is decoded here, from the stream's bytes, rather than by h11 one event at
+a time through httpcore's and httpx's layers. That path was a third of the app's CPU with 128
+answers streaming (issue 16, py-spy). h11 still reads the status line and the headers, and
+reads the body's last chunk and trailer itself (this decoder hands them back to the stream),
+so the connection ends its response exactly as h11 expects and goes back to the pool. h11 is
+handed a response's bytes only up to the end of its header block, so it holds none of the body
+when the decoder starts; should it hold some (after a `1xx` response), h11 reads the body.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import socket
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import httpcore
@@ -34,6 +44,11 @@ LOW_WATER = 64 * 1024
 # Happy Eyeballs (RFC 8305), as anyio's connect does: a vendor's IPv6 address that does not
 # answer costs a quarter second, not the connect timeout.
 HAPPY_EYEBALLS_DELAY = 0.25
+# h11's limits and grammar for what this module reads itself: a header block ends at the first
+# blank line (LF CR? LF); a chunk's size line is 1-20 hex digits, an optional extension, spaces.
+MAX_LINE = 100 * 1024  # httpcore's MAX_INCOMPLETE_EVENT_SIZE
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*")
 
 
 class _Protocol(asyncio.Protocol):
@@ -97,6 +112,10 @@ class _Protocol(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(True)
 
+    def unread(self, data: bytes) -> None:
+        self.chunks.appendleft(data)
+        self.buffered += len(data)
+
     def take(self, max_bytes: int) -> bytes:
         chunk = self.chunks.popleft()
         if len(chunk) > max_bytes:
@@ -147,9 +166,14 @@ class _Deadline:
 
 
 class _Stream(AsyncNetworkStream):
-    def __init__(self, protocol: _Protocol) -> None:
+    def __init__(self, protocol: _Protocol, backend: ProtocolBackend) -> None:
         self._protocol = protocol
+        self._backend = backend
         self._deadline = _Deadline(protocol.loop, self._read_timed_out)
+        # Where h11 stands in the current response: its bytes until the header block ended
+        # (None after), then how many bytes of the body it was handed (-1: unknown).
+        self._head: bytearray | None = None
+        self._body_handed = -1
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         protocol = self._protocol
@@ -160,7 +184,89 @@ class _Stream(AsyncNetworkStream):
                 return b""
             if not await self._wait_for_data(timeout):
                 raise httpcore.ReadTimeout("The vendor sent nothing within the read timeout")
-        return protocol.take(max_bytes)
+        chunk = protocol.take(max_bytes)
+        if self._head is not None:
+            return self._see_head(chunk)
+        if self._body_handed >= 0:
+            self._body_handed += len(chunk)
+        return chunk
+
+    def _see_head(self, chunk: bytes) -> bytes:
+        """`chunk`, up to the end of the response's header block: what comes after it (the
+        body's first bytes, sent with the headers) waits in the protocol for the body's
+        reader, so that h11 holds none of the body when `chunked_body` may start."""
+        head = self._head
+        assert head is not None
+        start = max(0, len(head) - 2)
+        head += chunk
+        blank = _BLANK_LINE.search(head, start)
+        if blank is None:
+            if len(head) > MAX_LINE:  # h11 refuses it anyway
+                self._head = None
+            return chunk
+        self._head = None
+        self._body_handed = 0
+        after = len(head) - blank.end()  # < len(chunk): the blank line ends in this chunk
+        if not after:
+            return chunk
+        self._protocol.unread(chunk[-after:])
+        return chunk[:-after]
+
+    # --- the body of a streamed answer, decoded here (see the module's docstring) ------------
+
+    def holds_whole_body(self) -> bool:
+        """Whether no byte after the response's header block has been read (into h11)."""
+        return self._head is None and self._body_handed == 0
+
+    async def chunked_body(self, timeout: float | None) -> AsyncIterator[bytes]:
+        """The data of a chunked body, read from here; its last chunk and trailer are handed
+        back to the stream for h11. Raises httpcore's ReadError, ReadTimeout and
+        RemoteProtocolError, as h11 and httpcore would."""
+        if not self.holds_whole_body():
+            raise RuntimeError("h11 has already read part of this body")
+        self._body_handed = -1
+        self._backend.chunked_bodies += 1
+        buffer = b""
+        while True:
+            end = buffer.find(b"\r\n")
+            while end < 0:
+                if len(buffer) > MAX_LINE:
+                    raise httpcore.RemoteProtocolError("illegal chunk header: too long")
+                searched = max(0, len(buffer) - 1)
+                buffer += await self._body_read(timeout)
+                end = buffer.find(b"\r\n", searched)
+            size_line = _CHUNK_SIZE.fullmatch(buffer, 0, end)
+            if size_line is None:
+                raise httpcore.RemoteProtocolError(
+                    f"illegal chunk header: {buffer[:min(end, 40)]!r}")
+            left = int(size_line[1], 16)
+            if left == 0:
+                self._protocol.unread(buffer)  # the last chunk and the trailer: h11 reads them
+                return
+            buffer = buffer[end + 2:]
+            while left:
+                if not buffer:
+                    buffer = await self._body_read(timeout)
+                if len(buffer) <= left:
+                    piece, buffer = buffer, b""
+                else:
+                    piece, buffer = buffer[:left], buffer[left:]
+                left -= len(piece)
+                yield piece
+            while len(buffer) < 2:
+                buffer += await self._body_read(timeout)
+            if buffer[:2] != b"\r\n":
+                raise httpcore.RemoteProtocolError(
+                    f"malformed chunk footer: {buffer[:2]!r} (expected b'\\r\\n')")
+            buffer = buffer[2:]
+
+    async def _body_read(self, timeout: float | None) -> bytes:
+        data = await self.read(65536, timeout)
+        if not data:
+            raise httpcore.RemoteProtocolError(
+                "peer closed connection without sending complete message body "
+                "(incomplete chunked read)")
+        return data
 
     async def _wait_for_data(self, timeout: float | None) -> bool:
         protocol = self._protocol
@@ -181,6 +287,7 @@ class _Stream(AsyncNetworkStream):
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if not buffer:
             return
+        self._head, self._body_handed = bytearray(), -1  # a request: its response comes next
         protocol = self._protocol
         transport = protocol.transport
         if transport is None or transport.is_closing() or protocol.eof:
@@ -224,7 +331,7 @@ class _Stream(AsyncNetworkStream):
             raise httpcore.ConnectError(str(exc)) from exc
         assert tls is not None and isinstance(tls, asyncio.Transport)
         protocol.transport = tls
-        return _Stream(protocol)
+        return _Stream(protocol, self._backend)
 
     def get_extra_info(self, info: str) -> Any:
         protocol = self._protocol
@@ -245,6 +352,7 @@ class ProtocolBackend(AsyncNetworkBackend):
 
     def __init__(self) -> None:
         self.opened = 0  # connections made: what a test counts to see the pool is ours
+        self.chunked_bodies = 0  # bodies `body_chunks` decoded itself (a test counts them)
 
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
                           local_address: str | None = None,
@@ -264,7 +372,7 @@ class ProtocolBackend(AsyncNetworkBackend):
             raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
         _apply(protocol, socket_options)
         self.opened += 1
-        return _Stream(protocol)
+        return _Stream(protocol, self)
 
     # No `connect_unix_socket`: vendors are reached over TCP only (httpcore's base class
     # refuses a Unix socket path).
@@ -302,4 +410,38 @@ class VendorTransport(httpx.AsyncHTTPTransport):
             network_backend=self.backend)
 
 
-__all__ = ["HIGH_WATER", "LOW_WATER", "ProtocolBackend", "VendorTransport"]
+async def body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body of a streamed response, as `response.aiter_bytes()` gives it, with the same
+    exceptions. A chunked, unencoded body on one of our connections, of which h11 holds no byte
+    yet, is decoded here (the module's docstring); any other body is httpx's."""
+    stream = response.extensions.get("network_stream")
+    if not (isinstance(stream, _Stream) and _plainly_chunked(response)
+            and stream.holds_whole_body()):
+        async for chunk in response.aiter_bytes():
+            yield chunk
+        return
+    request = response.request
+    timeout = request.extensions.get("timeout", {}).get("read")
+    try:
+        async for chunk in stream.chunked_body(timeout):
+            yield chunk
+    except httpcore.ReadTimeout as exc:
+        raise httpx.ReadTimeout(str(exc), request=request) from exc
+    except httpcore.ReadError as exc:
+        raise httpx.ReadError(str(exc), request=request) from exc
+    except httpcore.RemoteProtocolError as exc:
+        raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+    # h11 reads the last chunk handed back: the response ends and its connection is reusable.
+    async for chunk in response.aiter_raw():
+        yield chunk  # nothing: the last chunk carries no data
+
+
+def _plainly_chunked(response: httpx.Response) -> bool:
+    headers = response.headers
+    return (headers.get("transfer-encoding", "").strip().lower() == "chunked"
+            and headers.get("content-encoding", "identity").strip().lower() == "identity"
+            and response.request.method != "HEAD" and response.status_code >= 200
+            and response.status_code not in (204, 304))
+
+
+__all__ = ["HIGH_WATER", "LOW_WATER", "ProtocolBackend", "VendorTransport", "body_chunks"]

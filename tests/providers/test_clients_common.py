@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import json
 import socket
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
 from providers.base import ChatRequest, ErrorKind, ImagePart, Message, ProviderConfig, ProviderError
 from providers.catalogue import CF_TEXT_MODEL, CF_VISION_MODEL, DASHSCOPE_MODEL, QIANFAN_MODEL
+from providers.client import json_object
 from providers.cloudflare import CloudflareClient
 from providers.dashscope import DashScopeClient
 from providers.emulators import EmulatorServer
@@ -118,3 +121,20 @@ def test_official_base_urls_are_recognised_and_lookalikes_are_not() -> None:
     assert not is_official_base_url("cloudflare", "http://api.cloudflare.com/client/v4")
     assert not is_official_base_url("cloudflare", "https://api.cloudflare.com.evil.example/v4")
     assert not is_official_base_url("qianfan", "https://api.cloudflare.com/client/v4")
+
+
+def _loaded_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+@pytest.mark.parametrize("text", [
+    '{"response":"Hi"}', "{}", ' {"a":1} ', '{"a":1}x', '{"a":1}}', '{"a":1} {', "{", "{]}",
+    '{"a":1,}', '{"a":"x\ny"}', '{"a":NaN}', '{"a":"\\ud800"}', "[1]", '"{}"', "",
+    '{"a":{"b":[1,2,{"c":null}]}}', '\ufeff{"a":1}',
+])
+def test_a_stream_event_is_read_as_json_loads_reads_it(text: str) -> None:
+    assert json_object(text) == _loaded_object(text)

@@ -170,6 +170,35 @@ line_text = st.text(
 )
 
 
+# A vendor's usual chunk is one whole `data:` event: the decoder takes it in one step.
+_one_event_chunks = st.tuples(
+    st.sampled_from([b"data: ", b"data:", b"data:  "]),
+    st.lists(st.sampled_from([b'{"response":"', "你好".encode(), b"\xff", b"plain", b" ", b":"]),
+             max_size=6).map(b"".join),
+).map(lambda parts: parts[0] + parts[1] + b"\n\n")
+_chunks = st.lists(st.one_of(_one_event_chunks, streams), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunks=_chunks)
+def test_whole_event_chunks_yield_what_the_same_bytes_yield_line_by_line(
+        chunks: list[bytes]) -> None:
+    body = b"".join(chunks)
+    cuts = [sum(len(c) for c in chunks[:i]) for i in range(1, len(chunks))]
+    for options in ({}, {"keep_comments": True, "keep_other_lines": True}):
+        bytewise = feed_in_pieces(body, list(range(len(body) + 1)), **options)
+        assert feed_in_pieces(body, cuts, **options) == bytewise
+
+
+def test_a_whole_event_chunk_after_a_byte_order_mark_and_over_the_cap_is_read_by_lines() -> None:
+    decoder = SSEDecoder(max_event_bytes=64)
+    assert decoder.feed(b"\xef\xbb\xbfdata: first\n\n") == [SSEEvent(data="first")]
+    # 64 bytes: the data line and its LF (the cap counts an event's lines, not the blank one)
+    assert decoder.feed(b"data: " + b"x" * 57 + b"\n\n") == [SSEEvent(data="x" * 57)]
+    with pytest.raises(ProviderError):
+        decoder.feed(b"data: " + b"x" * 58 + b"\n\n")
+
+
 @settings(max_examples=300, deadline=None)
 @given(body=streams, data=st.data())
 def test_any_split_of_the_stream_yields_the_same_events(body: bytes, data: st.DataObject) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gzip
 import hashlib
 import json
 import ssl
@@ -29,7 +30,7 @@ from cryptography.x509.oid import NameOID
 from providers.catalogue import CF_TEXT_MODEL
 from providers.emulators import Credentials, EmulatorServer
 from providers.sse import SSEDecoder, aiter_events
-from providers.transport import HIGH_WATER, ProtocolBackend, VendorTransport
+from providers.transport import HIGH_WATER, ProtocolBackend, VendorTransport, body_chunks
 
 pytestmark = pytest.mark.asyncio
 
@@ -363,3 +364,172 @@ async def test_an_unreachable_vendor_is_a_connect_error() -> None:
         with pytest.raises(httpx.ConnectError):
             await http.get("/")
 
+
+
+# --- a chunked body, decoded by `body_chunks` rather than h11 ----------------------------------
+
+CHUNKED_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n")
+
+
+@dataclass
+class ScriptedVendor:
+    """Answers every request on a connection with `head` then `pieces`, written apart."""
+
+    head: bytes
+    pieces: list[bytes]
+    gap: float = 0.005
+    connections: int = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                request = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in request.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                for piece in [self.head, *self.pieces]:
+                    writer.write(piece)
+                    await writer.drain()
+                    await asyncio.sleep(self.gap)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def read_body(http: httpx.AsyncClient) -> bytes:
+    async with http.stream("POST", "/stream", json={"stream": True}) as response:
+        assert response.status_code == 200
+        return b"".join([chunk async for chunk in body_chunks(response)])
+
+
+def _bytewise(data: bytes) -> list[bytes]:
+    return [data[i:i + 1] for i in range(len(data))]
+
+
+BODY = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+FRAMINGS = {
+    "a chunk per write": [b"5\r\nhello\r\n", b"6\r\n world\r\n", b"0\r\n\r\n"],
+    "every byte apart": _bytewise(BODY),
+    "extensions, hex case, leading zeros, spaces, a trailer":
+        [b"00A;name=value\r\n0123456789\r\n", b"1 \r\n!\r\n", b"0\r\nX-Done: yes\r\n\r\n"],
+    "one write for the whole body": [BODY],
+}
+GZIPPED = gzip.compress(b"hello world", mtime=0)
+EXPECTED = {"a chunk per write": b"hello world", "every byte apart": b"hello world",
+            "extensions, hex case, leading zeros, spaces, a trailer": b"0123456789!",
+            "one write for the whole body": b"hello world"}
+
+
+@pytest.mark.parametrize("with_head", [False, True], ids=["after the head", "with the head"])
+@pytest.mark.parametrize("framing", list(FRAMINGS))
+async def test_a_chunked_body_is_decoded_here_and_the_connection_reused(
+        framing: str, with_head: bool) -> None:
+    pieces = list(FRAMINGS[framing])
+    head = CHUNKED_HEAD
+    if with_head:  # the body's first bytes in the headers' own write
+        head, pieces = head + pieces[0], pieces[1:]
+    vendor = ScriptedVendor(head, pieces, gap=0.001)
+    server, port = await _serve_raw(vendor.serve)
+    async with server:
+        http, transport = make_client(ssl.create_default_context(), f"http://127.0.0.1:{port}")
+        async with http:
+            assert await read_body(http) == EXPECTED[framing]
+            assert await read_body(http) == EXPECTED[framing]
+        server.close()
+    assert transport.backend.chunked_bodies == 2  # h11 read neither body
+    assert transport.backend.opened == 1  # ...and ended both: the connection went back
+    assert vendor.connections == 1
+
+
+@pytest.mark.parametrize("pieces", [
+    [b"zz\r\nhello\r\n"],  # not a size
+    [b"5\r\nhelloXY0\r\n\r\n"],  # no CRLF after the data
+    [b"5;\nx\r\nhello\r\n"],  # a bare LF in the size line
+    [b"123456789012345678901\r\n"],  # 21 hex digits
+], ids=["size", "footer", "bare LF", "too long a size"])
+async def test_a_malformed_chunk_is_a_protocol_error_and_the_connection_is_dropped(
+        pieces: list[bytes]) -> None:
+    vendor = ScriptedVendor(CHUNKED_HEAD, pieces)
+    server, port = await _serve_raw(vendor.serve)
+    async with server:
+        http, transport = make_client(ssl.create_default_context(), f"http://127.0.0.1:{port}")
+        async with http:
+            for _ in range(2):
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await read_body(http)
+        server.close()
+    assert transport.backend.opened == 2  # a connection out of step is never reused
+
+
+async def test_a_vendor_that_hangs_up_mid_chunk_is_a_protocol_error() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.read(1024)
+        writer.write(CHUNKED_HEAD)
+        await writer.drain()
+        await asyncio.sleep(0.01)
+        writer.write(b"5\r\nhel")
+        await writer.drain()
+        writer.close()
+
+    server, port = await _serve_raw(hang_up)
+    async with server:
+        http, _ = make_client(ssl.create_default_context(), f"http://127.0.0.1:{port}")
+        async with http:
+            with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+                await read_body(http)
+        server.close()
+
+
+async def test_a_chunked_body_that_goes_quiet_times_out() -> None:
+    async def goes_quiet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.read(1024)
+        writer.write(CHUNKED_HEAD)
+        await asyncio.sleep(0.01)
+        writer.write(b"5\r\nhello\r\n")
+        await asyncio.sleep(5)
+        writer.close()
+
+    server, port = await _serve_raw(goes_quiet)
+    async with server:
+        http, transport = make_client(ssl.create_default_context(),
+                                      f"http://127.0.0.1:{port}", read=0.3)
+        async with http:
+            received: list[bytes] = []
+            with pytest.raises(httpx.ReadTimeout):
+                async with http.stream("POST", "/stream", json={}) as response:
+                    async for chunk in body_chunks(response):
+                        received.append(chunk)
+        server.close()
+    assert received == [b"hello"]
+    assert transport.backend.chunked_bodies == 1
+
+
+@pytest.mark.parametrize("head, pieces", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n", [b"hello", b" world"]),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Encoding: gzip\r\n\r\n",
+     [b"%x\r\n%s\r\n" % (len(GZIPPED), GZIPPED), b"0\r\n\r\n"]),
+], ids=["length", "gzip"])
+async def test_other_bodies_are_read_by_httpx(head: bytes, pieces: list[bytes]) -> None:
+    vendor = ScriptedVendor(head, pieces)
+    server, port = await _serve_raw(vendor.serve)
+    async with server:
+        http, transport = make_client(ssl.create_default_context(), f"http://127.0.0.1:{port}")
+        async with http:
+            assert await read_body(http) == b"hello world"
+        server.close()
+    assert transport.backend.chunked_bodies == 0
+
+
+async def test_answers_over_tls_are_decoded_here_on_one_connection(
+        client: tuple[httpx.AsyncClient, VendorTransport], vendor: EmulatorServer) -> None:
+    http, transport = client
+    for _ in range(5):
+        text, _events = await stream_answer(http, vendor)
+        assert text.startswith("Echo: Hello")
+    assert transport.backend.chunked_bodies == 5
+    assert transport.backend.opened == 1

@@ -55,7 +55,7 @@ from providers.base import (
     ToolCall,
     Usage,
 )
-from providers.client import StreamingClient, json_object
+from providers.client import StreamingClient, json_object, vendor_url
 from providers.params import CLOUDFLARE_DEFAULT_MAX_TOKENS
 from providers.redact import safe_vendor_text
 from providers.retry import (
@@ -183,7 +183,7 @@ class CloudflareClient(StreamingClient):
         guard = TransportErrors(NAME, self.config)
         with guard:
             async with self._http.stream(
-                "POST", prepared.url, json=prepared.body, headers=self._headers()
+                "POST", vendor_url(prepared.url), json=prepared.body, headers=self._headers()
             ) as response:
                 guard.in_body = True
                 if response.status_code == 200 and is_event_stream(response):

@@ -40,7 +40,7 @@ from providers.base import (
     StreamItem,
     Usage,
 )
-from providers.client import StreamingClient, json_object
+from providers.client import StreamingClient, json_object, vendor_url
 from providers.redact import register_secret, safe_vendor_text
 from providers.retry import (
     RetryPolicy,
@@ -277,7 +277,7 @@ class QianfanClient(StreamingClient):
         with guard:
             async with self._http.stream(
                 "POST",
-                prepared.url,
+                vendor_url(prepared.url),
                 params={"access_token": token},
                 json=prepared.body,
                 headers={"Accept": "text/event-stream, application/json"},

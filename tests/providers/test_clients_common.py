@@ -9,7 +9,7 @@ import pytest
 
 from providers.base import ChatRequest, ErrorKind, ImagePart, Message, ProviderConfig, ProviderError
 from providers.catalogue import CF_TEXT_MODEL, CF_VISION_MODEL, DASHSCOPE_MODEL, QIANFAN_MODEL
-from providers.client import json_object
+from providers.client import json_object, vendor_url
 from providers.cloudflare import CloudflareClient
 from providers.dashscope import DashScopeClient
 from providers.emulators import EmulatorServer
@@ -138,3 +138,10 @@ def _loaded_object(text: str) -> dict[str, Any] | None:
 ])
 def test_a_stream_event_is_read_as_json_loads_reads_it(text: str) -> None:
     assert json_object(text) == _loaded_object(text)
+
+
+def test_a_vendor_endpoint_is_parsed_once_and_reads_as_its_text() -> None:
+    text = "https://api.cloudflare.com/client/v4/accounts/abc/ai/run/@cf/meta/llama-3.2-3b-instruct"
+    url = vendor_url(text)
+    assert vendor_url(text) is url
+    assert str(url) == text and url.path.endswith("/@cf/meta/llama-3.2-3b-instruct")

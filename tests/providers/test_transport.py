@@ -379,6 +379,7 @@ class ScriptedVendor:
     head: bytes
     pieces: list[bytes]
     gap: float = 0.005
+    hang_up: bool = False  # close the connection after the pieces
     connections: int = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -393,6 +394,8 @@ class ScriptedVendor:
                     writer.write(piece)
                     await writer.drain()
                     await asyncio.sleep(self.gap)
+                if self.hang_up:
+                    return
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -465,17 +468,8 @@ async def test_a_malformed_chunk_is_a_protocol_error_and_the_connection_is_dropp
 
 
 async def test_a_vendor_that_hangs_up_mid_chunk_is_a_protocol_error() -> None:
-    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        await reader.read(1024)
-        writer.write(CHUNKED_HEAD)
-        await writer.drain()
-        await asyncio.sleep(0.01)
-        writer.write(b"5\r\nhel")
-        await writer.drain()
-        writer.close()
-
-    server, port = await _serve_raw(hang_up)
+    vendor = ScriptedVendor(CHUNKED_HEAD, [b"5\r\nhel"], hang_up=True)
+    server, port = await _serve_raw(vendor.serve)
     async with server:
         http, _ = make_client(ssl.create_default_context(), f"http://127.0.0.1:{port}")
         async with http:

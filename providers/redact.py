@@ -88,11 +88,19 @@ class RedactingFilter(logging.Filter):
 
 
 _FILTER = RedactingFilter()
+# How many loggers existed at the last full pass: loggers are only ever added, so the same
+# number means no new logger to filter (every answer's client asks; issue 16).
+_loggers_seen = -1
 
 
 def install_log_redaction(extra_logger_names: Iterable[str] = ()) -> None:
     """Idempotent: attach the filter to every logger httpx, httpcore and we log on."""
-    names = {*LOGGER_NAMES, *extra_logger_names}
+    global _loggers_seen
+    extra = tuple(extra_logger_names)
+    known = len(logging.root.manager.loggerDict)
+    if not extra and known == _loggers_seen:
+        return
+    names = {*LOGGER_NAMES, *extra}
     names.update(
         name
         for name in list(logging.root.manager.loggerDict)
@@ -102,6 +110,8 @@ def install_log_redaction(extra_logger_names: Iterable[str] = ()) -> None:
         log = logging.getLogger(name)
         if _FILTER not in log.filters:
             log.addFilter(_FILTER)
+    if not extra:
+        _loggers_seen = len(logging.root.manager.loggerDict)  # with any `getLogger` made above
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")

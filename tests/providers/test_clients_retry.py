@@ -3,12 +3,19 @@ from __future__ import annotations
 import email.utils
 import logging
 import time
+import uuid
 from collections.abc import AsyncGenerator
 
 import pytest
 
 from providers.base import Delta, ErrorKind, Finish, ProviderError, StreamItem
-from providers.redact import REDACTED, install_log_redaction, register_secret, scrub
+from providers.redact import (
+    REDACTED,
+    RedactingFilter,
+    install_log_redaction,
+    register_secret,
+    scrub,
+)
 from providers.retry import RetryPolicy, parse_retry_after, stream_with_retries
 
 
@@ -145,6 +152,15 @@ def test_scrub_removes_query_credentials_bearer_tokens_and_registered_secrets() 
         assert secret not in clean
     assert "page=1" in clean
     assert clean.count(REDACTED) == 5
+
+
+def test_a_vendor_logger_made_after_a_client_is_filtered_by_the_next_client() -> None:
+    install_log_redaction()
+    late = logging.getLogger(f"httpcore.late-{uuid.uuid4().hex}")  # httpx names them lazily
+    install_log_redaction()  # what every new client does: one check while no logger is new
+    assert any(isinstance(f, RedactingFilter) for f in late.filters)
+    install_log_redaction()
+    assert sum(isinstance(f, RedactingFilter) for f in late.filters) == 1
 
 
 def test_the_log_filter_scrubs_httpx_request_lines(caplog: pytest.LogCaptureFixture) -> None:

@@ -347,6 +347,9 @@ def generation_stop(message: Message) -> bool:
     return bool(updated)
 
 
+# Atomic: the events it registers with on_commit go out after the row is saved, and not at all
+# when a later value is refused (outside a transaction on_commit runs at once).
+@transaction.atomic
 def conversation_update(user: Any, conversation: Conversation, *, title: str | None = None,
                         pinned: bool | None = None, archived: bool | None = None,
                         model: ModelConfig | None = None, system_prompt: str | None = None,

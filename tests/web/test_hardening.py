@@ -232,6 +232,34 @@ async def test_an_admin_deactivating_a_user_closes_their_sockets(owner: Any) -> 
 
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
+async def test_a_refused_change_of_a_team_conversation_drops_nobody(
+    owner: Any, member: Any
+) -> None:
+    # Outside a transaction `on_commit` runs at once: the teammates' revocation went out
+    # before the row was saved, and even when a later value was refused.
+    def setup() -> Conversation:
+        team = Group.objects.create(name="crew")
+        owner.groups.add(team)
+        member.groups.add(team)
+        conversation = _chat(owner)
+        services.conversation_update(owner, conversation, team_id=team.pk)
+        return conversation
+
+    conversation = await database_sync_to_async(setup)()
+    teammates = await _signed_in_socket(await database_sync_to_async(_login)(member),
+                                        conversation)
+    with pytest.raises(ServiceError):
+        await database_sync_to_async(lambda: services.conversation_update(
+            owner, Conversation.objects.get(pk=conversation.pk), team_id=None, title="  "))()
+    await teammates.send_json_to({"type": "ping", "ref": 1})
+    assert (await teammates.receive_json_from(timeout=1))["type"] == "pong"
+    assert await database_sync_to_async(
+        lambda: Conversation.objects.get(pk=conversation.pk).team_id)() is not None
+    await teammates.disconnect()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
 async def test_making_a_team_conversation_private_drops_teammates_at_once(
     owner: Any, member: Any
 ) -> None:

@@ -35,6 +35,16 @@ def _chat(user: Any, slug: str = "llama-3.2-3b") -> Conversation:
     return services.conversation_create(user, model=model(slug))
 
 
+def _team_chat(owner: Any, member: Any) -> Conversation:
+    """A conversation of `owner`'s shared with a team both belong to."""
+    team = Group.objects.create(name="crew")
+    owner.groups.add(team)
+    member.groups.add(team)
+    conversation = _chat(owner)
+    services.conversation_update(owner, conversation, team_id=team.pk)
+    return conversation
+
+
 def _all_at_once(calls: list[Any]) -> list[Any]:
     """Run the calls in threads released together; their results or their ServiceErrors."""
     barrier = threading.Barrier(len(calls))
@@ -237,15 +247,7 @@ async def test_a_refused_change_of_a_team_conversation_drops_nobody(
 ) -> None:
     # Outside a transaction `on_commit` runs at once: the teammates' revocation went out
     # before the row was saved, and even when a later value was refused.
-    def setup() -> Conversation:
-        team = Group.objects.create(name="crew")
-        owner.groups.add(team)
-        member.groups.add(team)
-        conversation = _chat(owner)
-        services.conversation_update(owner, conversation, team_id=team.pk)
-        return conversation
-
-    conversation = await database_sync_to_async(setup)()
+    conversation = await database_sync_to_async(_team_chat)(owner, member)
     teammates = await _signed_in_socket(await database_sync_to_async(_login)(member),
                                         conversation)
     with pytest.raises(ServiceError):
@@ -263,15 +265,7 @@ async def test_a_refused_change_of_a_team_conversation_drops_nobody(
 async def test_making_a_team_conversation_private_drops_teammates_at_once(
     owner: Any, member: Any
 ) -> None:
-    def setup() -> Conversation:
-        team = Group.objects.create(name="crew")
-        owner.groups.add(team)
-        member.groups.add(team)
-        conversation = _chat(owner)
-        services.conversation_update(owner, conversation, team_id=team.pk)
-        return conversation
-
-    conversation = await database_sync_to_async(setup)()
+    conversation = await database_sync_to_async(_team_chat)(owner, member)
     owners = await _signed_in_socket(await database_sync_to_async(_login)(owner), conversation)
     teammates = await _signed_in_socket(await database_sync_to_async(_login)(member),
                                         conversation)

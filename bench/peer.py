@@ -25,7 +25,12 @@ Arms, interleaved in every round at each K (K streams started evenly over `--spr
 - `direct-cf`: this client reads the emulator's Cloudflare stream directly (the floor of ours);
 - `ours`: `POST /v1/chat/completions` on daphne (stream), to the emulator's Cloudflare model;
 - `direct-oa`: this client reads the OpenAI upstream directly (the floor of Open WebUI's);
-- `openwebui`: `POST /api/chat/completions` on Open WebUI (stream), to the upstream.
+- `openwebui`: `POST /api/chat/completions` on Open WebUI (stream), to the upstream;
+- `daphne-bare` and `uvicorn-bare`, the server floors: `bench/floor_site/raw.py`, a bare ASGI
+  app (no Django) relaying the emulator's Cloudflare stream chunk by chunk with httpx, served
+  by daphne from our virtualenv and by uvicorn from Open WebUI's (as Open WebUI runs on it),
+  both pinned to core 0. What each server costs per token before any application code:
+  ours runs on daphne, Open WebUI on uvicorn. `--no-floors` leaves them out.
 
 One httpx client reads every arm; a token "arrives" when the streamed text first covers it,
 and every stream must deliver the answer exactly (else `text_mismatch`). For each system
@@ -95,8 +100,11 @@ from bench.relay import (  # noqa: E402  (after the path fix above)
 PEER_VENV = ROOT / "bench" / ".peer-venv"
 VAR = RESULTS / "var-peer"
 MODEL = "llama-3.2-3b"  # our slug; the upstream serves the same id to Open WebUI
-ARMS = ("direct-cf", "ours", "direct-oa", "openwebui")
-SYSTEMS = {"ours": "direct-cf", "openwebui": "direct-oa"}  # system -> its floor
+ARMS = ("direct-cf", "ours", "daphne-bare", "uvicorn-bare", "direct-oa", "openwebui")
+SERVER_FLOORS = ("daphne-bare", "uvicorn-bare")  # --no-floors leaves these out
+# system -> its direct arm (the floor its added times are measured from)
+SYSTEMS = {"ours": "direct-cf", "daphne-bare": "direct-cf", "uvicorn-bare": "direct-cf",
+           "openwebui": "direct-oa"}
 MARKER_RE = re.compile(r"\[\[emu:tokens ([^\]]*)\]\]")
 
 
@@ -221,6 +229,7 @@ class Peers:
         self.up_port, self.owui_port = free_port(), free_port()
         self.up_url = f"http://127.0.0.1:{self.up_port}"
         self.owui_url = f"http://127.0.0.1:{self.owui_port}"
+        self.bare_urls: dict[str, str] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def _spawn(self, name: str, argv: list[str], core: int, env: dict[str, str] | None = None,
@@ -270,6 +279,29 @@ class Peers:
                                          "--log-level", "warning", "--no-access-log"],
                            core=0, env=env, cwd=data)
         _wait_http(f"{self.owui_url}/health", proc, "openwebui", 240)
+
+    def start_bare(self, stack: Stack) -> None:
+        """The server floors: bench/floor_site/raw.py (a bare ASGI relay of the emulator's
+        Cloudflare stream, no Django) on daphne in our virtualenv and on uvicorn in Open
+        WebUI's (its uvicorn, loop and HTTP parser as Open WebUI runs on them), pinned to
+        the apps' core. What each server costs per token before any application code."""
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": str(ROOT),
+               **{key: stack.env()[key] for key in ("CLOUDFLARE_BASE_URL",
+                                                     "CLOUDFLARE_ACCOUNT_ID",
+                                                     "CLOUDFLARE_API_TOKEN")}}
+        servers = {
+            "daphne-bare": lambda port: [sys.executable, "-m", "daphne", "-b", "127.0.0.1",
+                                         "-p", str(port), "bench.floor_site.raw:application"],
+            "uvicorn-bare": lambda port: [str(PEER_VENV / "bin" / "uvicorn"),
+                                          "bench.floor_site.raw:application", "--host",
+                                          "127.0.0.1", "--port", str(port), "--workers", "1",
+                                          "--log-level", "warning", "--no-access-log"],
+        }
+        for name, argv in servers.items():
+            port = free_port()
+            proc = self._spawn(name, argv(port), core=0, env=env)
+            self.bare_urls[name] = f"http://127.0.0.1:{port}"
+            _wait_http(f"{self.bare_urls[name]}/healthz", proc, name, 30)
 
     def pid(self, name: str) -> int:
         return self.procs[name].pid
@@ -348,6 +380,7 @@ class Target:
     headers: dict[str, str]
     dialect: str  # "cloudflare" (`response`) or "openai" (`choices[0].delta.content`)
     body: dict[str, Any]
+    plain: bool = False  # the request body is the prompt itself (the server floors)
 
 
 @dataclass
@@ -361,6 +394,7 @@ class Run:
     ttft: float
     spread: float
     timeout: float
+    arms: tuple[str, ...] = ARMS
     run_id: str = field(default_factory=lambda: secrets.token_hex(3))
     batches: list[dict[str, Any]] = field(default_factory=list)
     streams: list[Stream] = field(default_factory=list)
@@ -372,8 +406,8 @@ class Run:
     def server_cpu(self, arm: str) -> float:
         if arm == "ours":
             return cpu_seconds(self.stack.pid("app"))
-        if arm == "openwebui":
-            return sum(cpu_seconds(pid) for pid in process_tree(self.peers.pid("openwebui")))
+        if arm in ("openwebui", *SERVER_FLOORS):
+            return sum(cpu_seconds(pid) for pid in process_tree(self.peers.pid(arm)))
         return 0.0
 
 
@@ -394,7 +428,9 @@ def _texts(event: bytes, dialect: str) -> tuple[list[str], bool]:
 
 async def _chunks(http: httpx.AsyncClient, target: Target, body: dict[str, Any]
                   ) -> AsyncIterator[bytes]:
-    async with http.stream("POST", target.url, json=body, headers=target.headers) as response:
+    content = ({"content": body["messages"][0]["content"].encode()} if target.plain
+               else {"json": body})
+    async with http.stream("POST", target.url, headers=target.headers, **content) as response:
         if response.status_code != 200:
             raise ValueError(f"http_{response.status_code}")
         async for chunk in response.aiter_raw():
@@ -435,7 +471,7 @@ async def one_stream(run: Run, res: Stream, start_at: float) -> None:
 
 async def _recorded(run: Run, arm: str) -> dict[str, float]:
     """The upstream's arrival time of each tagged request since its last reset (then reset)."""
-    if arm in ("direct-cf", "ours"):
+    if arm in ("direct-cf", "ours", *SERVER_FLOORS):
         emu = run.stack.emu_url
         reply = await run.http.get(f"{emu}/_emulator/requests", params={"vendor": "cloudflare"})
         await run.http.post(f"{emu}/_emulator/reset", json={})
@@ -498,9 +534,11 @@ def _minus(a: float | None, b: float | None) -> float | None:
 
 
 def level_report(run: Run, k: int) -> dict[str, Any]:
-    arms = {arm: summarise(run, arm, k) for arm in ARMS}
+    arms = {arm: summarise(run, arm, k) for arm in run.arms}
     systems = {}
     for system, floor in SYSTEMS.items():
+        if system not in arms:
+            continue
         mine, base = arms[system], arms[floor]
         systems[system] = {
             "added_ttft_ms": _minus(mine["ttft_ms"]["p50"], base["ttft_ms"]["p50"]),
@@ -519,11 +557,11 @@ def render(report: dict[str, Any]) -> str:
     def num(value: Any, spec: str = ".2f") -> str:
         return "-" if value is None else format(value, spec)
 
-    lines = [f"{'K':>3}  {'system':<10} {'+TTFT p50':>10} {'+TTFT p99':>10} {'+tok p50':>9} "
+    lines = [f"{'K':>3}  {'system':<12} {'+TTFT p50':>10} {'+TTFT p99':>10} {'+tok p50':>9} "
              f"{'+tok p99':>9} {'CPU us/tok':>10} {'errors':>6}"]
     for level in report["levels"]:
         for system, row in level["systems"].items():
-            lines.append(f"{level['k']:>3}  {system:<10} {num(row['added_ttft_ms']):>10} "
+            lines.append(f"{level['k']:>3}  {system:<12} {num(row['added_ttft_ms']):>10} "
                          f"{num(row['added_ttft_p99_ms']):>10} {num(row['added_token_ms']):>9} "
                          f"{num(row['added_token_p99_ms']):>9} "
                          f"{num(row['cpu_us_per_token'], '.0f'):>10} {row['errors']:>6}")
@@ -548,10 +586,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=300)
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--ttft", type=float, default=0.2)
-    parser.add_argument("--repeat", type=int, default=3, help="rounds per K (each: 4 arms)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds per K (each: every arm)")
     parser.add_argument("--spread", type=float, default=1.0)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument("--no-floors", action="store_true",
+                        help="leave out the daphne-bare and uvicorn-bare server floors")
     args = parser.parse_args(argv)
     if args.tokens < 2 or args.rate <= 0 or args.ttft < 0 or args.repeat < 1:
         parser.error("need --tokens >= 2, --rate > 0, --ttft >= 0, --repeat >= 1")
@@ -567,6 +607,9 @@ async def measure(args: argparse.Namespace, stack: Stack, peers: Peers) -> dict[
         await bench.aclose()
     peers.start_upstream(tokens)
     peers.start_openwebui()
+    arms = tuple(arm for arm in ARMS if not (args.no_floors and arm in SERVER_FLOORS))
+    if not args.no_floors:
+        peers.start_bare(stack)
     limits = httpx.Limits(max_connections=4 * max(args.k) + 10,
                           max_keepalive_connections=4 * max(args.k) + 10)
     async with httpx.AsyncClient(timeout=120.0, limits=limits, trust_env=False) as http:
@@ -583,16 +626,18 @@ async def measure(args: argparse.Namespace, stack: Stack, peers: Peers) -> dict[
                                 openai_body),
             "openwebui": Target(f"{peers.owui_url}/api/chat/completions",
                                 {"Authorization": f"Bearer {owui}"}, "openai", openai_body),
+            **{name: Target(f"{url}/raw/", {}, "cloudflare", {}, plain=True)
+               for name, url in peers.bare_urls.items()},
         }
         run = Run(http, stack, peers, tokens, targets, args.rate, args.ttft, args.spread,
-                  timeout=args.ttft + args.tokens / args.rate + args.spread + 60)
-        for arm in ARMS:  # warm-up: first-request costs (imports, pools) before any clock
+                  timeout=args.ttft + args.tokens / args.rate + args.spread + 60, arms=arms)
+        for arm in arms:  # warm-up: first-request costs (imports, pools) before any clock
             await batch(run, arm, 1, -1)
         run.streams, run.batches = [], []
         await _reset_recordings(run)
         for k in args.k:
             for rnd in range(args.repeat):
-                for arm in ARMS:
+                for arm in arms:
                     await batch(run, arm, k, rnd)
                     bad = sum(1 for s in run.streams if s.arm == arm and s.k == k
                               and s.round == rnd and s.error)

@@ -261,8 +261,11 @@ def peer_rows(peer: Any, path: Path | None) -> list[Row]:
             ours = _get(level, "systems", "ours", key)
             theirs = _get(level, "systems", "openwebui", key)
             ok = None if ours is None or theirs is None else ours <= theirs
+            # The bare daphne relay of the same run, when measured: ours can hardly go below it.
+            floor = _get(level, "systems", "daphne-bare", key)
+            beside = "" if floor is None else f" (daphne floor {_fmt(floor, '', digits)})"
             rows.append((f"/v1 vs Open WebUI, {label}, K={k} ({path.name if path else ''})",
-                         f"{_fmt(ours, '', digits)} / {_fmt(theirs, unit, digits)}",
+                         f"{_fmt(ours, '', digits)} / {_fmt(theirs, unit, digits)}{beside}",
                          "<= Open WebUI", ok))
     return rows or [("/v1 vs Open WebUI", f"- (no levels in {path})", "<= Open WebUI", None)]
 

@@ -148,6 +148,11 @@ def websocket_defaults(compress: bool) -> None:
             IdleReleasingDeflate)
 
 
+# A write sequence up to this size is joined into one write (`write_at_once`); a streamed
+# answer's chunks are tens to hundreds of bytes.
+JOIN_AT_MOST = 64 * 1024
+
+
 def write_at_once() -> None:
     """A TCP write goes to the socket at once when nothing is queued before it.
 
@@ -158,10 +163,16 @@ def write_at_once() -> None:
     a tenth of the app's CPU. Here a write with nothing queued before it is handed to the
     socket directly (twisted's own `writeSomeData`); what the kernel does not take, and every
     write while something is queued, goes the usual way, so order and back-pressure (a
-    producer paused on a full buffer) are twisted's. TLS connections are left as they are."""
+    producer paused on a full buffer) are twisted's. TLS connections are left as they are.
+
+    A chunk of a chunked HTTP response (every piece of a streamed `/v1` answer) comes as
+    `writeSequence` of three pieces, the size line, the data and a CRLF, which twisted never
+    hands to `write`: the pieces are joined and take the same way. Sequences larger than
+    `JOIN_AT_MOST` keep twisted's own path rather than be copied."""
     if getattr(tcp.Connection, "_writes_at_once", False):
         return
     original = tcp.Connection.write
+    original_sequence = tcp.Connection.writeSequence
 
     def write(self: Any, data: bytes) -> None:
         if (data and not self.TLS and self.connected and not self.disconnecting
@@ -172,7 +183,18 @@ def write_at_once() -> None:
                 data = data[sent:]
         original(self, data)
 
+    def write_sequence(self: Any, iovec: Any) -> None:
+        if self.TLS or not isinstance(iovec, list | tuple):
+            original_sequence(self, iovec)
+            return
+        if sum(len(piece) for piece in iovec) > JOIN_AT_MOST:
+            original_sequence(self, iovec)
+            return
+        # b"".join refuses a str piece with a TypeError, as twisted's own check does.
+        write(self, b"".join(iovec))
+
     tcp.Connection.write = write  # type: ignore[method-assign]
+    tcp.Connection.writeSequence = write_sequence  # type: ignore[method-assign]
     tcp.Connection._writes_at_once = True  # type: ignore[attr-defined]
 
 

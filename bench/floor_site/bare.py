@@ -1,7 +1,7 @@
 """Two floors on one daphne, for bench/floor.py:
 
-- `/raw/`: a bare ASGI app (no Django): the request body is the prompt; the vendor's stream
-  goes back as the response body. What daphne and the relay cost, nothing else.
+- `/raw/`: the bare ASGI relay of raw.py (no Django): the request body is the prompt; the
+  vendor's stream goes back as the response body. What daphne and the relay cost, nothing else.
 - `/healthz`: 200, for the start-up check.
 - `/django/`: Django's own ASGI handler, no middleware, no database, an async view doing the
   same. What Django's request handling adds to daphne.
@@ -24,7 +24,7 @@ from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse  # noqa: E402
 from django.urls import path  # noqa: E402
 
-from bench.floor_site import vendor  # noqa: E402
+from bench.floor_site import raw, vendor  # noqa: E402
 
 
 async def relay_view(request: HttpRequest) -> HttpResponseBase:
@@ -36,27 +36,12 @@ urlpatterns = [path("django/", relay_view)]
 _django = ASGIHandler()
 
 
-async def _raw(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/event-stream")]})
-    async for chunk in vendor.stream(body.decode(), 1024):
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    await send({"type": "http.response.body", "body": b""})
-
-
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         return
     if scope["path"] == "/healthz":  # bench/relay.py's start-up check
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
+        await raw.healthz(send)
     elif scope["path"] == "/raw/":
-        await _raw(scope, receive, send)
+        await raw.relay(receive, send)
     else:
         await _django(scope, receive, send)

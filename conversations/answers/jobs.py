@@ -21,7 +21,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
-from django.utils import translation
+from django.utils import timezone, translation
 
 from chatsite.celery import app as celery_app
 from conversations import runtime
@@ -30,7 +30,8 @@ from conversations.answers.reaper import reap_stale, reaper_loop
 from conversations.answers.runner import run_generation
 from conversations.answers.tasks import generate_answer
 from conversations.images.attachments import cleanup
-from conversations.models import Message
+from conversations.models import Message, MessageStatus
+from providers.models import ModelConfig
 
 log = logging.getLogger(__name__)
 # The retention run (conversations/retention/tasks.py, a higher room: called by name).
@@ -47,13 +48,14 @@ def start(message: Message) -> None:
         generate_answer.delay(str(message.pk), language)
         return
     handed = _for_runner(message)
-    if runtime.server_loop() is None or runtime.running_loop() is not None:
+    if not runs_in_request(model):
         # No server (inline), or called on a loop: the claim runs on the loop's thread pool.
         runtime.submit(run_generation, message.pk, language, handed)
         return
-    # In a server, the posting thread claims the answer and builds its request (a few ms of
-    # database reads it would otherwise queue for on the loop's thread pool, beside the reply
-    # being rendered): the loop then calls the vendor at once (issue 16).
+    # In a server, the posting thread claims the answer (the service stored it claimed:
+    # `claim_at_insert`) and builds its request (a few ms of database reads it would otherwise
+    # queue for on the loop's thread pool, beside the reply being rendered): the loop then
+    # calls the vendor at once (issue 16).
     try:
         job = runner.claim(message.pk, handed)
     except Exception:  # the database went away: the loop tries again, the reaper after it
@@ -62,6 +64,28 @@ def start(message: Message) -> None:
         runtime.submit(run_generation, message.pk, language, handed)
         return
     runtime.submit(runner.run_claimed, job, language)
+
+
+def runs_in_request(model: ModelConfig | None) -> bool:
+    """Whether `start`, called from this thread, claims an answer of `model` here and runs it
+    on this server's loop: a server's request thread, and not a vision answer that goes to a
+    Celery worker."""
+    if settings.REDIS_URL and model is not None and model.vision:
+        return False
+    return runtime.server_loop() is not None and runtime.running_loop() is None
+
+
+def claim_at_insert(answer: Message) -> None:
+    """A new answer that `start` will claim in this thread is stored claimed: `streaming`, this
+    process's runner, a heartbeat from now. The insert is the claim (the row exists nowhere
+    else before the transaction commits), and the claim after the commit has no update of its
+    own to make: one statement and one commit fewer per Send (issue 16). If the process dies
+    before the answer starts, the reaper finds it by its heartbeat, as any answer it was
+    writing. Elsewhere (a worker's vision answer, no server loop) it stays `queued`."""
+    if runs_in_request(answer.model):
+        answer.status = MessageStatus.STREAMING
+        answer.runner = runner.runner_id()
+        answer.heartbeat_at = timezone.now()
 
 
 def _for_runner(message: Message) -> Message:

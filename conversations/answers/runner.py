@@ -91,13 +91,18 @@ def claim(message_id: uuid.UUID, handed: Message | None = None) -> Job | NotPrep
 
     Returns the job, None when there is nothing to do, or the final state event of an answer
     that failed before it could start (its request could not be built). `handed`: the message
-    as the posting service stored it (jobs.start), so that the claim is one statement.
+    as the posting service stored it (jobs.start), so that the claim is one statement, or
+    none when the service stored it claimed by this process (jobs.claim_at_insert).
     """
-    now = timezone.now()
-    claimed = Message.objects.filter(pk=message_id, status=MessageStatus.QUEUED).update(
-        status=MessageStatus.STREAMING, runner=runner_id(), heartbeat_at=now)
-    if not claimed:
-        return None
+    if _stored_claimed(message_id, handed):
+        assert handed is not None and handed.heartbeat_at is not None
+        now = handed.heartbeat_at
+    else:
+        now = timezone.now()
+        claimed = Message.objects.filter(pk=message_id, status=MessageStatus.QUEUED).update(
+            status=MessageStatus.STREAMING, runner=runner_id(), heartbeat_at=now)
+        if not claimed:
+            return None
     message = _claimed(message_id, handed, now)
     try:
         with translation.override("en"):  # stored in English; pages translate by its code
@@ -118,6 +123,14 @@ def claim(message_id: uuid.UUID, handed: Message | None = None) -> Job | NotPrep
     if saved is None:
         return None
     return NotPrepared(saved.conversation_id, events.final_state_of(saved))
+
+
+def _stored_claimed(message_id: uuid.UUID, handed: Message | None) -> bool:
+    """The posting service inserted this answer already claimed by this process (its insert,
+    committed once, was the claim: jobs.claim_at_insert)."""
+    return (handed is not None and handed.pk == message_id
+            and handed.status == MessageStatus.STREAMING and handed.runner == runner_id()
+            and handed.heartbeat_at is not None)
 
 
 def _claimed(message_id: uuid.UUID, handed: Message | None, now: Any) -> Message:

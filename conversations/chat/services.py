@@ -255,6 +255,7 @@ def _store_pair(user: Any, locked: Conversation, parent: Message | None, client_
     assistant = Message(
         conversation=locked, parent=user_message, seq=seq + 1,
         role=Message.Role.ASSISTANT, model=model, status=MessageStatus.QUEUED)
+    jobs.claim_at_insert(assistant)
     Message.objects.bulk_create([user_message, assistant])
     return user_message, assistant
 
@@ -321,9 +322,11 @@ def regenerate(user: Any, conversation: Conversation, assistant: Message) -> Mes
                                       status__in=ACTIVE_STATUSES).exists()
         if busy:
             raise ServiceError("busy", _("Another attempt is still being written."), 409)
-        attempt = Message.objects.create(
+        attempt = Message(
             conversation=locked, parent_id=assistant.parent_id, seq=locked.next_seq,
             role=Message.Role.ASSISTANT, model=model, status=MessageStatus.QUEUED)
+        jobs.claim_at_insert(attempt)
+        attempt.save(force_insert=True)
         accounting.record_start(user, model, team_id=locked.team_id, message=attempt)
         _advance(locked, attempt, 1)
         _start_on_commit(locked, None, attempt)

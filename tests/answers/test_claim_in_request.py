@@ -1,7 +1,8 @@
 """In a server, the request that stores a message also claims its answer, before its reply is
 rendered: the loop's first act for the answer is the vendor call (issue 16). So when the POST's
 reply arrives, the answer is already `streaming` and owned by this process, never `queued`
-waiting for the loop's thread pool."""
+waiting for the loop's thread pool. The answer is inserted claimed, so no update after the
+commit claims it."""
 
 from __future__ import annotations
 
@@ -34,5 +35,8 @@ def test_the_answer_is_claimed_by_the_time_the_post_replies(
     assert response.status_code == 201, response.text[:300]
     answer = Message.objects.get(pk=response.json()["assistant"]["id"])
     assert answer.status == MessageStatus.STREAMING and answer.runner, answer.status
+    # Stored claimed (jobs.claim_at_insert): its heartbeat is from before its insert, not from
+    # a claim's update after the commit (and the first partial save waits for a token, 1.5 s).
+    assert answer.heartbeat_at is not None and answer.heartbeat_at <= answer.created_at
     final = wait_final(answer.pk)
     assert final.status == MessageStatus.COMPLETE and final.content

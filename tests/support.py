@@ -4,6 +4,8 @@ themselves (`chat_emulator`, `emulated`) are in tests/conftest.py."""
 
 from __future__ import annotations
 
+import socket
+import time
 import uuid
 from typing import Any
 
@@ -93,3 +95,42 @@ def wait_final(message_id: Any, timeout: float = 30.0) -> Any:
         if message.status not in ACTIVE_STATUSES or time.monotonic() > deadline:
             return message
         time.sleep(0.05)
+
+
+def slow_http(host: str, port: int, request: bytes, chunk: int = 4096, wait_first: float = 0.0,
+              pause_every: int = 64) -> tuple[bytes, bytes]:
+    """Send `request` over a socket with a small receive buffer (set before connecting, so the
+    window it offers is small from the start) and read the reply a little at a time with
+    pauses, so the server's socket buffer fills and its writes are partial. `wait_first`:
+    seconds to read nothing first. Returns the reply's head and its body, unchunked when the
+    reply was chunked."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, chunk)
+        sock.connect((host, port))
+        sock.sendall(request)
+        time.sleep(wait_first)
+        received = bytearray()
+        reads = 0
+        while data := sock.recv(chunk):
+            received += data
+            reads += 1
+            if reads % pause_every == 0:
+                time.sleep(0.01)
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in head.lower():
+        body = unchunk(body)
+    return head, body
+
+
+def unchunk(body: bytes) -> bytes:
+    """A chunked HTTP body's data; every chunk must end with its CRLF."""
+    out = bytearray()
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        assert rest[size:size + 2] == b"\r\n", "a chunk must end with CRLF"
+        out += rest[:size]
+        body = rest[size + 2:]
+    return bytes(out)

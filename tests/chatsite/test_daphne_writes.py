@@ -8,8 +8,6 @@ import hashlib
 import io
 import random
 import secrets
-import socket
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,7 +16,7 @@ import pytest
 from django.conf import settings
 from PIL import Image
 
-from tests.support import signed_in
+from tests.support import signed_in, slow_http
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,41 +30,14 @@ def _noise_png(side: int) -> bytes:
     return out.getvalue()
 
 
-def _slow_get(url: str, cookie: str, chunk: int = 4096) -> bytes:
-    """GET over a socket with a small receive buffer, read a little at a time with pauses,
-    so the server's kernel buffer fills and its writes are partial."""
+def _slow_get(url: str, cookie: str) -> bytes:
+    """GET through a small receive buffer, read slowly (tests.support.slow_http)."""
     parts = urlsplit(url)
-    with socket.create_connection((parts.hostname, parts.port)) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, chunk)
-        sock.sendall(f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-                     f"Cookie: {cookie}\r\nConnection: close\r\n\r\n".encode())
-        received = bytearray()
-        reads = 0
-        while True:
-            data = sock.recv(chunk)
-            if not data:
-                break
-            received += data
-            reads += 1
-            if reads % 64 == 0:
-                time.sleep(0.01)
-    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    head, body = slow_http(parts.hostname or "", parts.port or 80,
+                           f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                           f"Cookie: {cookie}\r\nConnection: close\r\n\r\n".encode())
     assert head.startswith(b"HTTP/1.1 200"), head[:200]
-    if b"transfer-encoding: chunked" in head.lower():
-        body = _unchunk(body)
     return body
-
-
-def _unchunk(body: bytes) -> bytes:
-    out = bytearray()
-    while body:
-        size_line, _, rest = body.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            break
-        out += rest[:size]
-        body = rest[size + 2:]
-    return bytes(out)
 
 
 def test_a_large_response_read_slowly_arrives_whole_and_in_order(

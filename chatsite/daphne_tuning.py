@@ -184,14 +184,11 @@ def write_at_once() -> None:
         original(self, data)
 
     def write_sequence(self: Any, iovec: Any) -> None:
-        if self.TLS or not isinstance(iovec, list | tuple):
+        if (self.TLS or not isinstance(iovec, list | tuple)
+                or sum(len(piece) for piece in iovec) > JOIN_AT_MOST):
             original_sequence(self, iovec)
-            return
-        if sum(len(piece) for piece in iovec) > JOIN_AT_MOST:
-            original_sequence(self, iovec)
-            return
-        # b"".join refuses a str piece with a TypeError, as twisted's own check does.
-        write(self, b"".join(iovec))
+        else:  # b"".join refuses a str piece with a TypeError, as twisted's own check does
+            write(self, b"".join(iovec))
 
     tcp.Connection.write = write  # type: ignore[method-assign]
     tcp.Connection.writeSequence = write_sequence  # type: ignore[method-assign]

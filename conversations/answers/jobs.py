@@ -44,7 +44,7 @@ def start(message: Message) -> None:
     # The asker's interface language (a service calls this in its request): the title that
     # follows a first answer uses it when the prompt's own language is unclear.
     language = translation.get_language() or ""
-    if settings.REDIS_URL and model is not None and model.vision:
+    if _for_worker(model):
         generate_answer.delay(str(message.pk), language)
         return
     handed = _for_runner(message)
@@ -66,13 +66,16 @@ def start(message: Message) -> None:
     runtime.submit(runner.run_claimed, job, language)
 
 
+def _for_worker(model: ModelConfig | None) -> bool:
+    """A vision answer goes to a Celery worker when Redis is configured."""
+    return bool(settings.REDIS_URL) and model is not None and model.vision
+
+
 def runs_in_request(model: ModelConfig | None) -> bool:
     """Whether `start`, called from this thread, claims an answer of `model` here and runs it
-    on this server's loop: a server's request thread, and not a vision answer that goes to a
-    Celery worker."""
-    if settings.REDIS_URL and model is not None and model.vision:
-        return False
-    return runtime.server_loop() is not None and runtime.running_loop() is None
+    on this server's loop: a server's request thread, and not an answer for a worker."""
+    return (not _for_worker(model) and runtime.server_loop() is not None
+            and runtime.running_loop() is None)
 
 
 def claim_at_insert(answer: Message) -> None:

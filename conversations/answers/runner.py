@@ -17,6 +17,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -94,10 +95,8 @@ def claim(message_id: uuid.UUID, handed: Message | None = None) -> Job | NotPrep
     as the posting service stored it (jobs.start), so that the claim is one statement, or
     none when the service stored it claimed by this process (jobs.claim_at_insert).
     """
-    if _stored_claimed(message_id, handed):
-        assert handed is not None and handed.heartbeat_at is not None
-        now = handed.heartbeat_at
-    else:
+    now = _stored_claimed(message_id, handed)
+    if now is None:
         now = timezone.now()
         claimed = Message.objects.filter(pk=message_id, status=MessageStatus.QUEUED).update(
             status=MessageStatus.STREAMING, runner=runner_id(), heartbeat_at=now)
@@ -125,12 +124,13 @@ def claim(message_id: uuid.UUID, handed: Message | None = None) -> Job | NotPrep
     return NotPrepared(saved.conversation_id, events.final_state_of(saved))
 
 
-def _stored_claimed(message_id: uuid.UUID, handed: Message | None) -> bool:
-    """The posting service inserted this answer already claimed by this process (its insert,
-    committed once, was the claim: jobs.claim_at_insert)."""
-    return (handed is not None and handed.pk == message_id
-            and handed.status == MessageStatus.STREAMING and handed.runner == runner_id()
-            and handed.heartbeat_at is not None)
+def _stored_claimed(message_id: uuid.UUID, handed: Message | None) -> datetime | None:
+    """The claim's time when the posting service inserted this answer already claimed by this
+    process (its insert, committed once, was the claim: jobs.claim_at_insert); else None."""
+    if (handed is not None and handed.pk == message_id
+            and handed.status == MessageStatus.STREAMING and handed.runner == runner_id()):
+        return handed.heartbeat_at
+    return None
 
 
 def _claimed(message_id: uuid.UUID, handed: Message | None, now: Any) -> Message:

@@ -222,7 +222,8 @@ if REDIS_URL:
         }
     CACHES: dict[str, dict[str, Any]] = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            # Django's, with one connection pool per process (chatsite/cache.py).
+            "BACKEND": "chatsite.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "llamachat",
         }

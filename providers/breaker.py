@@ -54,9 +54,11 @@ class State:
 
 
 def state(kind: str) -> State:
-    """The breaker of the provider of this kind, as every process sees it."""
-    opened: Any = cache.get(_open_key(kind))
-    failures = cache.get(_failures_key(kind)) or 0
+    """The breaker of the provider of this kind, as every process sees it (one read: every
+    Send asks, and with Redis each read is a round trip)."""
+    found = cache.get_many([_open_key(kind), _failures_key(kind)])
+    opened: Any = found.get(_open_key(kind))
+    failures = found.get(_failures_key(kind)) or 0
     if isinstance(opened, dict) and float(opened.get("until", 0)) > time.time():
         return State(kind, True, int(failures), float(opened["until"]),
                      str(opened.get("error", "")))

@@ -55,6 +55,23 @@ def post_message(client: Client, conversation: Any, text: str, **extra: Any) -> 
     return client.post(f"/c/{conversation.pk}/messages/", data, HTTP_ACCEPT="application/json")
 
 
+def post_live(server_url: str, user: Any, conversation: Any, text: str) -> Any:
+    """POST a message to a running server as `user` (signed in, CSRF-checked, as a page does);
+    the httpx response."""
+    import secrets
+
+    import httpx
+    from django.conf import settings
+
+    session = signed_in(user).cookies[settings.SESSION_COOKIE_NAME].value
+    csrf = secrets.token_hex(16)  # any 32 characters; the header repeats the cookie
+    return httpx.post(
+        f"{server_url}/c/{conversation.pk}/messages/",
+        data={"text": text, "client_id": str(uuid.uuid4())},
+        headers={"Cookie": f"{settings.SESSION_COOKIE_NAME}={session}; csrftoken={csrf}",
+                 "X-CSRFToken": csrf, "Accept": "application/json"}, timeout=30)
+
+
 def queue_answer(user: Any, conversation: Any, text: str,
                  attachment_ids: list[Any] | None = None) -> Any:
     """A prompt and its queued answer, as `services.message_post` stores them, without starting

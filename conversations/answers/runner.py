@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -178,16 +179,19 @@ async def run_generation(message_id: uuid.UUID | str, language: str = "",
     await run_claimed(await _claim(uuid.UUID(str(message_id)), handed), language)
 
 
-async def run_claimed(job: Job | NotPrepared | None, language: str = "") -> None:
+async def run_claimed(job: Job | NotPrepared | None, language: str = "",
+                      started: threading.Event | None = None) -> None:
     """Write an answer `claim` returned (jobs.start claims in the posting thread, so that the
-    loop's first act for a new answer is the vendor call)."""
-    if job is None:
-        return
-    if isinstance(job, NotPrepared):  # failed before it started: tell the viewers
-        await events.publish(events.conversation_group(job.conversation_id), job.event)
+    loop's first act for a new answer is the vendor call). `started` is set once that first
+    act has run (the posting thread waits for it: jobs.start)."""
+    if job is None or isinstance(job, NotPrepared):
+        if started is not None:
+            started.set()
+        if isinstance(job, NotPrepared):  # failed before it started: tell the viewers
+            await events.publish(events.conversation_group(job.conversation_id), job.event)
         return
     message_id = job.message.pk
-    generation = Generation(job, language)
+    generation = Generation(job, language, started)
     _running[message_id] = generation
     try:
         await generation.run()
@@ -196,9 +200,14 @@ async def run_claimed(job: Job | NotPrepared | None, language: str = "") -> None
 
 
 class Generation:
-    def __init__(self, job: Job, language: str = "") -> None:
+    def __init__(self, job: Job, language: str = "",
+                 started: threading.Event | None = None) -> None:
         message = job.message
         self.language = language
+        self.started = started
+        # Set once the viewers were told the answer is streaming: nothing of it is published
+        # before that (the vendor call may already be under way: `run`).
+        self.announced = asyncio.Event()
         assert message.model is not None  # set on every assistant message the services create
         self.job = job
         self.answer = Answer(message.model.provider, job.request)
@@ -241,21 +250,31 @@ class Generation:
     async def run(self) -> None:
         self.task = asyncio.current_task()
         layer = get_channel_layer()
-        # The default "specific." prefix matters with channels_redis: all of a process's
-        # specific channels share one Redis list and one receive loop; a channel with another
-        # prefix would hold that loop in its own BRPOP and stall every consumer for seconds.
-        control = await self._join_control(layer)
+        # The vendor call goes out first: the stream task's first step writes the request (on a
+        # warm connection) while the control channel is joined and the viewers are told, which
+        # with Redis are round trips. Its first publish waits for that announcement.
+        self.stream_task = asyncio.create_task(self._stream())
+        if self.started is not None:
+            # Runs right after the stream task's first step (callbacks run in order).
+            asyncio.get_running_loop().call_soon(self.started.set)
         helpers = [asyncio.create_task(self._tick())]
-        if layer and control:
-            helpers.append(asyncio.create_task(self._listen(layer, control)))
-        await events.publish(self.group, events.state(self.seq, self.message_id,
-                                                      MessageStatus.STREAMING))
+        control = None
         try:
-            self.stream_task = asyncio.create_task(self._stream())
+            # The default "specific." prefix matters with channels_redis: all of a process's
+            # specific channels share one Redis list and one receive loop; a channel with
+            # another prefix would hold that loop in its own BRPOP and stall every consumer for
+            # seconds.
+            control = await self._join_control(layer)
+            if layer and control:
+                helpers.append(asyncio.create_task(self._listen(layer, control)))
+            await events.publish(self.group, events.state(self.seq, self.message_id,
+                                                          MessageStatus.STREAMING))
+            self.announced.set()
             await self.stream_task
             outcome = self.answer.completed()
         except asyncio.CancelledError:
             if not self.stop_requested:
+                self.stream_task.cancel()
                 # The server is shutting down: save what we have; the reaper or a retry
                 # finishes the story.
                 await self._finish_quietly(helpers)
@@ -310,6 +329,7 @@ class Generation:
         self.answer = Answer(model.provider, shaped.request)
         self.answer.started = started  # the timings count from the first attempt
         # Open pages draw the answer again: its model and the one-line notice (protocol.md).
+        await self.announced.wait()
         await events.publish(self.group, events.state(
             self.seq, self.message_id, MessageStatus.STREAMING, fallback=model.slug))
         return True
@@ -339,6 +359,7 @@ class Generation:
         task.add_done_callback(self.pending_flushes.discard)
 
     async def _flush(self, final: bool = False) -> None:
+        await self.announced.wait()  # "streaming" first (run)
         async with self.lock:
             if self.flush_timer is not None:
                 self.flush_timer.cancel()

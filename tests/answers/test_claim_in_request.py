@@ -6,18 +6,14 @@ commit claims it."""
 
 from __future__ import annotations
 
-import secrets
-import uuid
 from typing import Any
 
-import httpx
 import pytest
-from django.conf import settings
 
 from conversations.chat import services
 from conversations.models import Message, MessageStatus
 from tests.api.conftest import ApiServer
-from tests.support import model, signed_in, wait_final
+from tests.support import model, post_live, wait_final
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,13 +21,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def test_the_answer_is_claimed_by_the_time_the_post_replies(
         api_server: ApiServer, emulated: Any, owner: Any) -> None:
     conversation = services.conversation_create(owner, model=model())
-    session = signed_in(owner).cookies[settings.SESSION_COOKIE_NAME].value
-    csrf = secrets.token_hex(16)  # any 32 characters; the header repeats the cookie
-    response = httpx.post(
-        f"{api_server.url}/c/{conversation.pk}/messages/",
-        data={"text": "Slowly [[emu:tokens n=3 ttft=1.5]]", "client_id": str(uuid.uuid4())},
-        headers={"Cookie": f"{settings.SESSION_COOKIE_NAME}={session}; csrftoken={csrf}",
-                 "X-CSRFToken": csrf, "Accept": "application/json"}, timeout=30)
+    response = post_live(api_server.url, owner, conversation,
+                         "Slowly [[emu:tokens n=3 ttft=1.5]]")
     assert response.status_code == 201, response.text[:300]
     answer = Message.objects.get(pk=response.json()["assistant"]["id"])
     assert answer.status == MessageStatus.STREAMING and answer.runner, answer.status

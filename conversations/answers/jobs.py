@@ -36,8 +36,6 @@ from providers.models import ModelConfig
 log = logging.getLogger(__name__)
 # The retention run (conversations/retention/tasks.py, a higher room: called by name).
 RETENTION_TASK = "conversations.apply_retention"
-# How long the posting thread waits for the loop to take a new answer's first step.
-HAND_OVER_SECONDS = 0.02
 
 
 def start(message: Message) -> None:
@@ -65,12 +63,7 @@ def start(message: Message) -> None:
                     exc_info=True)
         runtime.submit(run_generation, message.pk, language, handed)
         return
-    started = threading.Event()
-    runtime.submit(runner.run_claimed, job, language, started)
-    # This thread renders the reply next and would hold the interpreter meanwhile: the loop
-    # took it back only at each switch interval, a millisecond per step on its way to the
-    # vendor. Waiting here lets the loop write the vendor request first (issue 16).
-    started.wait(HAND_OVER_SECONDS)
+    runtime.submit(runner.run_claimed, job, language)
 
 
 def _for_worker(model: ModelConfig | None) -> bool:

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -179,19 +178,16 @@ async def run_generation(message_id: uuid.UUID | str, language: str = "",
     await run_claimed(await _claim(uuid.UUID(str(message_id)), handed), language)
 
 
-async def run_claimed(job: Job | NotPrepared | None, language: str = "",
-                      started: threading.Event | None = None) -> None:
+async def run_claimed(job: Job | NotPrepared | None, language: str = "") -> None:
     """Write an answer `claim` returned (jobs.start claims in the posting thread, so that the
-    loop's first act for a new answer is the vendor call). `started` is set once that first
-    act has run (the posting thread waits for it: jobs.start)."""
-    if job is None or isinstance(job, NotPrepared):
-        if started is not None:
-            started.set()
-        if isinstance(job, NotPrepared):  # failed before it started: tell the viewers
-            await events.publish(events.conversation_group(job.conversation_id), job.event)
+    loop's first act for a new answer is the vendor call)."""
+    if job is None:
+        return
+    if isinstance(job, NotPrepared):  # failed before it started: tell the viewers
+        await events.publish(events.conversation_group(job.conversation_id), job.event)
         return
     message_id = job.message.pk
-    generation = Generation(job, language, started)
+    generation = Generation(job, language)
     _running[message_id] = generation
     try:
         await generation.run()
@@ -200,11 +196,9 @@ async def run_claimed(job: Job | NotPrepared | None, language: str = "",
 
 
 class Generation:
-    def __init__(self, job: Job, language: str = "",
-                 started: threading.Event | None = None) -> None:
+    def __init__(self, job: Job, language: str = "") -> None:
         message = job.message
         self.language = language
-        self.started = started
         # Set once the viewers were told the answer is streaming: nothing of it is published
         # before that (the vendor call may already be under way: `run`).
         self.announced = asyncio.Event()
@@ -254,9 +248,6 @@ class Generation:
         # warm connection) while the control channel is joined and the viewers are told, which
         # with Redis are round trips. Its first publish waits for that announcement.
         self.stream_task = asyncio.create_task(self._stream())
-        if self.started is not None:
-            # Runs right after the stream task's first step (callbacks run in order).
-            asyncio.get_running_loop().call_soon(self.started.set)
         helpers = [asyncio.create_task(self._tick())]
         control = None
         try:

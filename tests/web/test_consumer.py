@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from typing import Any
 
 import pytest
@@ -15,7 +14,6 @@ from django.contrib.auth.models import Group
 from django.test import Client
 
 from chatsite.asgi import application
-from conversations.answers import runner
 from conversations.answers.runner import run_generation
 from conversations.chat import services
 from conversations.models import Conversation, Message, MessageStatus
@@ -318,20 +316,3 @@ async def test_viewers_hear_the_answer_is_streaming_before_any_of_its_text(
     assert "d" in kinds and kinds[-1] == MessageStatus.COMPLETE, kinds
     await socket.disconnect()
 
-
-async def test_the_posting_thread_is_let_go_once_the_vendor_call_is_under_way(
-    emulated: Any, owner: Any
-) -> None:
-    # jobs.start waits for this (a moment at most), so that the loop, not the reply's rendering,
-    # holds the interpreter until the vendor request is written (issue 16).
-    _conversation, answer = await _start(owner, "Slowly [[emu:tokens n=3 ttft=0.5]]")
-    job = await database_sync_to_async(runner.claim)(answer.pk)
-    started = threading.Event()
-    task = asyncio.create_task(runner.run_claimed(job, "", started))
-    assert await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
-    assert not task.done()  # long before the answer ends: its first token is half a second away
-    await task
-    assert emulated.calls("cloudflare") == 1
-    nothing = threading.Event()  # nothing to run: let go at once
-    await runner.run_claimed(None, "", nothing)
-    assert nothing.is_set()

@@ -350,7 +350,8 @@ class Generation:
         task.add_done_callback(self.pending_flushes.discard)
 
     async def _flush(self, final: bool = False) -> None:
-        await self.announced.wait()  # "streaming" first (run)
+        if not final:  # "streaming" first (run); the final flush follows it or its abandonment
+            await self.announced.wait()
         async with self.lock:
             if self.flush_timer is not None:
                 self.flush_timer.cancel()

@@ -4,11 +4,14 @@ themselves (`chat_emulator`, `emulated`) are in tests/conftest.py."""
 
 from __future__ import annotations
 
+import secrets
 import socket
 import time
 import uuid
 from typing import Any
 
+import httpx
+from django.conf import settings
 from django.test import Client
 
 from providers.emulators import EmulatorServer
@@ -58,11 +61,6 @@ def post_message(client: Client, conversation: Any, text: str, **extra: Any) -> 
 def post_live(server_url: str, user: Any, conversation: Any, text: str) -> Any:
     """POST a message to a running server as `user` (signed in, CSRF-checked, as a page does);
     the httpx response."""
-    import secrets
-
-    import httpx
-    from django.conf import settings
-
     session = signed_in(user).cookies[settings.SESSION_COOKIE_NAME].value
     csrf = secrets.token_hex(16)  # any 32 characters; the header repeats the cookie
     return httpx.post(
